@@ -1,0 +1,3 @@
+from protonet.cli import main
+
+main()
