@@ -1,0 +1,296 @@
+"""`protonet make-shapes`: a small synthetic detection dataset in Pascal VOC layout, no download.
+
+Each image holds a few shapes (circle, square, triangle, star) of random size, colour, rotation
+and position on a textured background; later shapes may hide part of earlier ones. Boxes are the
+tight boxes of the visible pixels, as VOC annotators draw them; shapes smaller than a few pixels
+are flagged `difficult` (VOC's evaluation ignores them). Every image depends only on
+(seed, split, index), so a seed gives the same dataset whatever the counts asked for.
+
+Written files, under OUTDIR:
+  JPEGImages/NAME.jpg, Annotations/NAME.xml         VOC's images and annotations
+  ImageSets/Main/trainval.txt, test.txt              image names per split
+  trainval.txt, test.txt                             "JPEGImages/NAME.jpg Annotations/NAME.xml" lines,
+                                                     the list files create-annoset takes (trainval shuffled)
+  test_name_size.txt                                 "NAME HEIGHT WIDTH", DetectionEvaluate's name_size_file
+  labelmap.prototxt                                  LabelMap: background 0, then the classes
+"""
+import math
+import os
+from xml.sax.saxutils import escape
+
+import click
+import cv2
+import numpy as np
+
+from protonet.errors import ProtonetError
+
+CLASSES = ("circle", "square", "triangle", "star")
+SPLITS = {"trainval": 0, "test": 1}
+# A visible box whose longer side is under this fraction of the image is flagged difficult.
+DIFFICULT_FRACTION = 0.085
+# An earlier shape keeps at least this fraction of its pixels when a later one is drawn over it.
+MIN_VISIBLE = 0.6
+JPEG_QUALITY = 92
+
+
+def labelmap_text(classes=CLASSES):
+    items = ['item {\n  name: "none_of_the_above"\n  label: 0\n  display_name: "background"\n}\n']
+    for label, name in enumerate(classes, start=1):
+        items.append(f'item {{\n  name: "{name}"\n  label: {label}\n  display_name: "{name}"\n}}\n')
+    return "".join(items)
+
+
+# ---------------------------------------------------------------- backgrounds
+
+def _smooth_noise(rng, size, cells, channels=3):
+    """Colour noise on a coarse grid, resized smoothly: large soft blobs."""
+    grid = rng.uniform(0, 255, size=(cells, cells, channels)).astype(np.float32)
+    return cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC).reshape(size, size, channels)
+
+
+def _background(rng, size):
+    kind = rng.integers(4)
+    if kind == 0:  # soft colour blobs
+        img = _smooth_noise(rng, size, int(rng.integers(2, 6)))
+    elif kind == 1:  # stripes or a checkerboard of two close colours, at a random angle
+        base = rng.uniform(40, 215, size=3)
+        other = np.clip(base + rng.uniform(-45, 45, size=3), 0, 255)
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        angle = rng.uniform(0, math.pi)
+        period = rng.uniform(6, 24)
+        u = (xx * math.cos(angle) + yy * math.sin(angle)) / period
+        pattern = np.floor(u) % 2
+        if rng.random() < 0.5:
+            v = (-xx * math.sin(angle) + yy * math.cos(angle)) / period
+            pattern = (pattern + np.floor(v)) % 2
+        img = base + pattern[..., None] * (other - base)
+    elif kind == 2:  # photographic-like 1/f noise: octaves of smooth noise
+        img = np.zeros((size, size, 3), np.float32)
+        weight, total = 1.0, 0.0
+        for cells in (2, 4, 8, 16, 32):
+            img += weight * _smooth_noise(rng, size, cells)
+            total += weight
+            weight *= 0.6
+        img /= total
+        img = (img - img.mean()) * 2.2 + rng.uniform(70, 190)
+    else:  # a plain gradient with clutter lines that are not objects
+        c0, c1 = rng.uniform(30, 225, size=(2, 3))
+        t = np.linspace(0, 1, size, dtype=np.float32)
+        img = c0 + (c1 - c0) * t[:, None, None] if rng.random() < 0.5 else c0 + (c1 - c0) * t[None, :, None]
+        img = np.broadcast_to(img, (size, size, 3)).copy()
+        for _ in range(int(rng.integers(2, 7))):
+            p0 = tuple(int(v) for v in rng.integers(0, size, 2))
+            p1 = tuple(int(v) for v in rng.integers(0, size, 2))
+            colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
+            cv2.line(img, p0, p1, colour, int(rng.integers(1, 3)), cv2.LINE_AA)
+    return np.clip(img, 0, 255).astype(np.float32)
+
+
+# ---------------------------------------------------------------- shapes
+
+def _polygon(rng, cls, cx, cy, radius):
+    """Vertices of the shape `cls` centred at (cx, cy) with circumradius `radius` (None for a circle)."""
+    theta = rng.uniform(0, 2 * math.pi)
+    if cls == "circle":
+        return None
+    if cls == "square":
+        angles = theta + np.arange(4) * math.pi / 2
+        radii = np.full(4, radius)
+    elif cls == "triangle":
+        angles = theta + np.arange(3) * 2 * math.pi / 3
+        radii = np.full(3, radius)
+    elif cls == "star":
+        angles = theta + np.arange(10) * math.pi / 5
+        radii = np.where(np.arange(10) % 2 == 0, radius, radius * rng.uniform(0.38, 0.5))
+    else:
+        raise ValueError(cls)
+    # A mild stretch along a random axis keeps the class recognisable but not rigid.
+    stretch = rng.uniform(0.85, 1.15)
+    pts = np.stack([radii * np.cos(angles) * stretch, radii * np.sin(angles)], axis=1)
+    return pts + (cx, cy)
+
+
+def _shape_mask(rng, cls, size, cx, cy, radius):
+    """Anti-aliased coverage in [0, 1] of one shape, drawn with 4 bits of sub-pixel precision."""
+    shift = 4
+    mask = np.zeros((size, size), np.uint8)
+    if cls == "circle":
+        axes = (int(round(radius * (1 << shift))), int(round(radius * rng.uniform(0.85, 1.0) * (1 << shift))))
+        centre = (int(round(cx * (1 << shift))), int(round(cy * (1 << shift))))
+        cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 255, -1, cv2.LINE_AA, shift)
+    else:
+        pts = np.round(_polygon(rng, cls, cx, cy, radius) * (1 << shift)).astype(np.int32)
+        cv2.fillPoly(mask, [pts], 255, cv2.LINE_AA, shift)
+    return mask.astype(np.float32) / 255.0
+
+
+def _contrasting_colour(rng, background_mean):
+    """A saturated colour that stands out from the background under the shape."""
+    best, best_distance = None, -1.0
+    for _ in range(12):
+        hsv = np.array([[[rng.uniform(0, 180), rng.uniform(120, 255), rng.uniform(60, 255)]]], np.float32)
+        bgr = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
+        distance = float(np.abs(bgr - background_mean).sum())
+        if distance > 150:
+            return bgr
+        if distance > best_distance:
+            best, best_distance = bgr, distance
+    return best
+
+
+def render_image(rng, size):
+    """One image (H, W, 3 uint8 BGR) and its objects: list of (class, (x0, y0, x1, y1), difficult).
+
+    Box corners are inclusive pixel indices, 0-based.
+    """
+    img = _background(rng, size)
+    owner = np.full((size, size), -1, np.int32)
+    full_area = []
+    classes = []
+    n_objects = int(rng.integers(1, 6))
+    for _ in range(n_objects):
+        cls = CLASSES[int(rng.integers(len(CLASSES)))]
+        tiny = rng.random() < 0.12
+        if tiny:
+            radius = rng.uniform(0.025, 0.04) * size
+        else:
+            radius = math.exp(rng.uniform(math.log(0.07), math.log(0.25))) * size
+        for _attempt in range(20):
+            cx, cy = rng.uniform(radius, size - radius, size=2)
+            coverage = _shape_mask(rng, cls, size, cx, cy, radius)
+            solid = coverage >= 0.5
+            if solid.sum() < 4:
+                continue
+            hidden = np.bincount(owner[solid & (owner >= 0)], minlength=len(full_area))
+            visible_before = np.bincount(owner[owner >= 0], minlength=len(full_area))
+            if all(visible_before[i] - hidden[i] >= MIN_VISIBLE * full_area[i] for i in range(len(full_area))):
+                break
+        else:
+            continue
+        colour = _contrasting_colour(rng, img[solid].mean(axis=0))
+        # A gentle shading across the shape so that it is not a flat sticker.
+        shade = 1.0 + rng.uniform(-0.15, 0.15) * (np.linspace(-1, 1, size, dtype=np.float32)[None, :, None])
+        fill = np.clip(colour * shade, 0, 255)
+        img = img * (1 - coverage[..., None]) + fill * coverage[..., None]
+        owner[solid] = len(full_area)
+        full_area.append(int(solid.sum()))
+        classes.append(cls)
+
+    noise_sigma = rng.uniform(2, 9)
+    img = img + rng.normal(0, noise_sigma, size=img.shape).astype(np.float32)
+    if rng.random() < 0.3:
+        img = cv2.GaussianBlur(img, (3, 3), 0)
+    img = np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+    objects = []
+    difficult_side = DIFFICULT_FRACTION * size
+    for index, cls in enumerate(classes):
+        ys, xs = np.nonzero(owner == index)
+        if len(xs) == 0:
+            continue
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+        difficult = max(x1 - x0 + 1, y1 - y0 + 1) < difficult_side
+        objects.append((cls, (x0, y0, x1, y1), difficult))
+    return img, objects
+
+
+def annotation_xml(name, size, objects):
+    """VOC annotation text; coordinates are VOC's 1-based inclusive pixel indices."""
+    lines = [
+        "<annotation>",
+        "  <folder>shapes</folder>",
+        f"  <filename>{escape(name)}.jpg</filename>",
+        "  <source><database>protonet make-shapes</database></source>",
+        f"  <size><width>{size}</width><height>{size}</height><depth>3</depth></size>",
+        "  <segmented>0</segmented>",
+    ]
+    for cls, (x0, y0, x1, y1), difficult in objects:
+        lines += [
+            "  <object>",
+            f"    <name>{cls}</name>",
+            "    <pose>Unspecified</pose>",
+            "    <truncated>0</truncated>",
+            f"    <difficult>{int(difficult)}</difficult>",
+            f"    <bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin><xmax>{x1 + 1}</xmax><ymax>{y1 + 1}</ymax></bndbox>",
+            "  </object>",
+        ]
+    lines.append("</annotation>")
+    return "\n".join(lines) + "\n"
+
+
+def image_rng(seed, split, index):
+    return np.random.default_rng([seed, SPLITS[split], index])
+
+
+def image_name(split, index):
+    return f"{'train' if split == 'trainval' else 'test'}_{index:06d}"
+
+
+def make_shapes(outdir, train=800, test=200, size=160, seed=0, progress=None):
+    """Write the dataset into `outdir`; returns a dict of the paths written (see the module doc)."""
+    if train < 1 or test < 1:
+        raise ProtonetError(f"make-shapes: --train and --test must be at least 1 (got {train}, {test})")
+    if size < 48:
+        raise ProtonetError(f"make-shapes: --size must be at least 48 pixels (got {size})")
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise ProtonetError(f"{outdir}: exists and is not a directory")
+    for sub in ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main")):
+        os.makedirs(os.path.join(outdir, sub), exist_ok=True)
+
+    counts = {"trainval": train, "test": test}
+    names = {split: [image_name(split, i) for i in range(n)] for split, n in counts.items()}
+    jobs = [(split, i) for split in ("trainval", "test") for i in range(counts[split])]
+    stats = {"objects": 0, "difficult": 0}
+    iterator = progress(jobs) if progress else jobs
+    for split, index in iterator:
+        name = names[split][index]
+        img, objects = render_image(image_rng(seed, split, index), size)
+        ok, encoded = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        assert ok
+        _write(os.path.join(outdir, "JPEGImages", name + ".jpg"), encoded.tobytes())
+        _write(os.path.join(outdir, "Annotations", name + ".xml"), annotation_xml(name, size, objects).encode())
+        stats["objects"] += len(objects)
+        stats["difficult"] += sum(1 for o in objects if o[2])
+
+    paths = {"root": os.path.abspath(outdir)}
+    for split in ("trainval", "test"):
+        _write(os.path.join(outdir, "ImageSets", "Main", split + ".txt"), "".join(n + "\n" for n in names[split]).encode())
+        order = list(names[split])
+        if split == "trainval":  # create_list.sh shuffles the trainval list
+            np.random.default_rng([seed, 2]).shuffle(order)
+        lines = "".join(f"JPEGImages/{n}.jpg Annotations/{n}.xml\n" for n in order)
+        paths[split] = os.path.join(os.path.abspath(outdir), split + ".txt")
+        _write(paths[split], lines.encode())
+    paths["name_size"] = os.path.join(os.path.abspath(outdir), "test_name_size.txt")
+    _write(paths["name_size"], "".join(f"{n} {size} {size}\n" for n in names["test"]).encode())
+    paths["labelmap"] = os.path.join(os.path.abspath(outdir), "labelmap.prototxt")
+    _write(paths["labelmap"], labelmap_text().encode())
+    paths.update(stats)
+    return paths
+
+
+def _write(path, data):
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
+@click.command("make-shapes")
+@click.argument("outdir", type=click.Path(file_okay=False))
+@click.option("--train", "train", default=800, show_default=True, help="number of trainval images")
+@click.option("--test", "test", default=200, show_default=True, help="number of test images")
+@click.option("--size", default=160, show_default=True, help="image width and height in pixels")
+@click.option("--seed", default=0, show_default=True, help="the dataset is a function of the seed")
+def make_shapes_command(outdir, train, test, size, seed):
+    """Write a small shapes detection dataset (Pascal VOC layout) into OUTDIR."""
+    with click.progressbar(length=train + test, label="make-shapes", file=click.get_text_stream("stderr")) as bar:
+        def progress(jobs):
+            for job in jobs:
+                yield job
+                bar.update(1)
+
+        paths = make_shapes(outdir, train=train, test=test, size=size, seed=seed, progress=progress)
+    click.echo(f"Wrote {train} trainval and {test} test images ({paths['objects']} objects, "
+               f"{paths['difficult']} difficult) of classes {', '.join(CLASSES)} to {paths['root']}")
+    click.echo(f"  list files: {paths['trainval']} {paths['test']}")
+    click.echo(f"  label map:  {paths['labelmap']}")
+    click.echo(f"  name/size:  {paths['name_size']}")
