@@ -1,0 +1,174 @@
+"""LMDB databases of Datum / AnnotatedDatum records, as Caffe's convert_annoset writes them.
+
+`LmdbReader` opens a database read-only and without locking, so any number of processes can
+read it at once; each process opens its own environment lazily (an LMDB handle must not cross
+a fork). `decode_record` turns one record into a `Sample`: the image as an HxWxC array in
+OpenCV's BGR order, and the boxes as flat float32 arrays in the record's group order.
+"""
+import logging
+import os
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from protonet import caffe_pb2
+from protonet.errors import ProtonetError
+
+log = logging.getLogger("protonet.data")
+
+
+class CorruptRecord(ProtonetError):
+    """A record that does not parse or whose image does not decode; names the key."""
+
+
+@dataclass
+class Sample:
+    """One decoded record: image (H, W, C) uint8 BGR (float32 for float_data datums) and boxes.
+
+    Box arrays are aligned, in the record's order (group by group, annotation by annotation):
+    boxes float32 [N, 4] normalized (xmin, ymin, xmax, ymax); labels = group_label; instance
+    ids; difficult flags.
+    """
+
+    key: str
+    image: np.ndarray
+    label: int = 0
+    annotated: bool = False      # AnnotatedDatum with a type (Caffe's has_anno_type)
+    encoded: bool = True
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    instance_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    difficult: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+    def with_boxes(self, image, boxes, keep):
+        """A copy with a new image and the boxes `boxes[keep]` (other fields follow keep)."""
+        return Sample(self.key, image, self.label, self.annotated, self.encoded,
+                      np.ascontiguousarray(boxes[keep], dtype=np.float32), self.labels[keep],
+                      self.instance_ids[keep], self.difficult[keep])
+
+
+def imdecode(data, color_mode, what):
+    """Decode image bytes like Caffe: color_mode None = native (-1), True = color, False = gray."""
+    flag = cv2.IMREAD_UNCHANGED if color_mode is None else (
+        cv2.IMREAD_COLOR if color_mode else cv2.IMREAD_GRAYSCALE)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if img is None:
+        raise CorruptRecord(f"{what}: image data does not decode")
+    if img.ndim == 2:
+        img = img[:, :, None]
+    return img
+
+
+def datum_image(datum, key, color_mode=None):
+    """The image of a Datum as HxWxC: decoded when encoded, else from its CHW bytes/floats."""
+    if datum.encoded:
+        return imdecode(datum.data, color_mode, f"record {key}")
+    c, h, w = datum.channels, datum.height, datum.width
+    if datum.data:
+        if len(datum.data) != c * h * w:
+            raise CorruptRecord(f"record {key}: data holds {len(datum.data)} bytes, "
+                                f"expected {c}x{h}x{w}")
+        chw = np.frombuffer(datum.data, np.uint8).reshape(c, h, w)
+    elif len(datum.float_data):
+        if len(datum.float_data) != c * h * w:
+            raise CorruptRecord(f"record {key}: float_data holds {len(datum.float_data)} values, "
+                                f"expected {c}x{h}x{w}")
+        chw = np.asarray(datum.float_data, np.float32).reshape(c, h, w)
+    else:
+        raise CorruptRecord(f"record {key}: datum has no data")
+    img = np.ascontiguousarray(chw.transpose(1, 2, 0))
+    if color_mode is not None and img.dtype == np.uint8:
+        if color_mode and img.shape[2] == 1:
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        elif not color_mode and img.shape[2] == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None]
+    return img
+
+
+def annotations_of(anno_datum):
+    """Flat box arrays (boxes, labels, instance ids, difficult) of an AnnotatedDatum."""
+    rows = [(g.group_label, a.instance_id, a.bbox.xmin, a.bbox.ymin, a.bbox.xmax, a.bbox.ymax,
+             a.bbox.difficult) for g in anno_datum.annotation_group for a in g.annotation]
+    if not rows:
+        return (np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                np.zeros(0, bool))
+    arr = np.array(rows, dtype=np.float64)
+    return (arr[:, 2:6].astype(np.float32), arr[:, 0].astype(np.int64),
+            arr[:, 1].astype(np.int64), arr[:, 6].astype(bool))
+
+
+def decode_record(key, value, annotated, color_mode=None):
+    """Parse and decode one LMDB value. `annotated`: AnnotatedDatum (else Datum)."""
+    if isinstance(key, bytes):
+        key = key.decode("utf-8", "replace")
+    try:
+        if annotated:
+            msg = caffe_pb2.AnnotatedDatum.FromString(value)
+            datum = msg.datum
+        else:
+            msg = datum = caffe_pb2.Datum.FromString(value)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise CorruptRecord(f"record {key}: does not parse as "
+                            f"{'AnnotatedDatum' if annotated else 'Datum'} ({exc})") from None
+    image = datum_image(datum, key, color_mode)
+    sample = Sample(key, image, label=datum.label, encoded=datum.encoded)
+    if annotated:
+        sample.annotated = msg.HasField("type")
+        sample.boxes, sample.labels, sample.instance_ids, sample.difficult = annotations_of(msg)
+    return sample
+
+
+_ENVS = {}
+
+
+class LmdbReader:
+    """Read-only access to an LMDB: keys in Caffe's (sorted) order, values by index."""
+
+    def __init__(self, path):
+        import lmdb
+
+        self.path = str(path)
+        if not os.path.isdir(self.path) and not os.path.isfile(self.path):
+            raise ProtonetError(f"{self.path}: no such LMDB database")
+        try:
+            env = self._env()
+        except lmdb.Error as exc:
+            raise ProtonetError(f"{self.path}: cannot open LMDB ({exc})") from None
+        with env.begin() as txn:
+            self.keys = list(txn.cursor().iternext(keys=True, values=False))
+        if not self.keys:
+            raise ProtonetError(f"{self.path}: LMDB database is empty")
+
+    def _env(self):
+        """This process's handle on the database (LMDB allows one per process and path)."""
+        import lmdb
+
+        token = (os.path.realpath(self.path), os.getpid())
+        env = _ENVS.get(token)
+        if env is None:
+            env = lmdb.open(self.path, readonly=True, lock=False, readahead=False,
+                            meminit=False, max_readers=512, subdir=os.path.isdir(self.path))
+            _ENVS[token] = env
+        return env
+
+    def __len__(self):
+        return len(self.keys)
+
+    def get(self, index):
+        """(key, value bytes) of record `index` in key order."""
+        key = self.keys[index]
+        with self._env().begin(buffers=False) as txn:
+            value = txn.get(key)
+        return key, value
+
+
+def first_good_record(reader, annotated, color_mode=None):
+    """The first record that decodes (Caffe peeks at it to shape the tops)."""
+    for i in range(len(reader)):
+        key, value = reader.get(i)
+        try:
+            return decode_record(key, value, annotated, color_mode)
+        except CorruptRecord as exc:
+            log.warning("skipping corrupt record: %s", exc)
+    raise ProtonetError(f"{reader.path}: no record decodes")

@@ -1,0 +1,269 @@
+"""Caffe's DataTransformer for SSD: distort, expand, batch-sampler crop, resize, noise, crop,
+mirror, mean and scale, with the ground-truth boxes carried through every step.
+
+Order for an AnnotatedData sample (as the fork's AnnotatedDataLayer::load_batch):
+  distort_param -> expand_param -> batch_sampler crop -> transform
+and the final transform is: resize_param -> noise_param -> crop_size/crop_h/crop_w ->
+mirror -> (x - mean) * scale, HWC -> CHW float32.
+
+Caffe, with an encoded datum, decodes and RE-ENCODES the image as JPEG (quality 95) after the
+distortion, after an expansion and after a batch-sampler crop. protonet keeps the decoded
+pixels; `reencode_jpeg=True` restores the round trips for bit-parity with Caffe's outputs.
+
+Differences from Caffe kept on purpose (listed in the README):
+- raw (non-encoded) datums go through the same path as decoded ones (Caffe skips resize and
+  distortion for them, and then fails its own shape checks);
+- a mean_file must match either the output size or the resized image size.
+"""
+import numpy as np
+
+from protonet import caffe_pb2
+from protonet.data import boxes as bx
+from protonet.data import image_ops as ops
+from protonet.data.records import Sample
+from protonet.data.sampler import check_sampler, generate_windows
+from protonet.errors import ProtonetError
+
+F32 = np.float32
+
+
+def load_mean_file(path):
+    from protonet.io.blobs import blob_to_array
+    from protonet.io.prototxt import read_binary_proto
+
+    blob = read_binary_proto(path, caffe_pb2.BlobProto)
+    arr = np.asarray(blob_to_array(blob), dtype=F32)
+    if arr.ndim == 4:
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise ProtonetError(f"{path}: mean file must hold a [1, C, H, W] blob, got {arr.shape}")
+    return arr
+
+
+class Transformer:
+    """One TransformationParameter in one phase; every random draw takes an explicit rng."""
+
+    def __init__(self, param, phase=caffe_pb2.TRAIN, root_dir=None, reencode_jpeg=False,
+                 where="transform_param"):
+        import os
+
+        self.param = param
+        self.phase = phase
+        self.reencode_jpeg = reencode_jpeg
+        self.where = where
+        if param.force_color and param.force_gray:
+            raise ProtonetError(f"{where}: cannot set both force_color and force_gray")
+        self.color_mode = True if param.force_color else (False if param.force_gray else None)
+        self.mean_image = None
+        self.mean_values = None
+        if param.HasField("mean_file"):
+            if len(param.mean_value):
+                raise ProtonetError(f"{where}: cannot give both mean_file and mean_value")
+            path = param.mean_file
+            if root_dir and not os.path.isabs(path):
+                path = os.path.join(root_dir, path)
+            self.mean_image = load_mean_file(path)
+        elif len(param.mean_value):
+            self.mean_values = np.asarray(param.mean_value, dtype=F32)
+        if param.HasField("resize_param"):
+            rp = param.resize_param
+            if rp.height <= 0 or rp.width <= 0:
+                raise ProtonetError(f"{where}: resize_param needs height and width > 0")
+        if param.HasField("expand_param") and not param.expand_param.max_expand_ratio > 1:
+            raise ProtonetError(f"{where}: expand_param.max_expand_ratio must be > 1")
+        if param.HasField("distort_param"):
+            ops.check_distort_param(param.distort_param)
+        self.crop_h = int(param.crop_size or param.crop_h)
+        self.crop_w = int(param.crop_size or param.crop_w)
+
+    # ---- shapes -------------------------------------------------------------------------------
+
+    def output_shape(self, height, width, channels):
+        """(C, H, W) of the transformed image for a source of that size (InferBlobShape)."""
+        if self.param.HasField("resize_param"):
+            width, height = ops.resized_size(self.param.resize_param, width, height)
+        if height < self.crop_h or width < self.crop_w:
+            raise ProtonetError(f"{self.where}: crop {self.crop_h}x{self.crop_w} larger than the "
+                                f"image {height}x{width}")
+        return (channels, self.crop_h or height, self.crop_w or width)
+
+    # ---- the steps before the transform -------------------------------------------------------
+
+    def _round_trip(self, sample, img):
+        if self.reencode_jpeg and sample.encoded:
+            return ops.jpeg_round_trip(img, 95, self.color_mode)
+        return img
+
+    def distort(self, sample, rng):
+        img = ops.distort(sample.image, self.param.distort_param, rng)
+        img = self._round_trip(sample, img)
+        return sample.with_boxes(img, sample.boxes, slice(None))
+
+    def expand(self, sample, rng):
+        """Place the image at a random spot of a canvas up to max_expand_ratio times larger,
+        filled with the mean; boxes follow the pixels."""
+        ep = self.param.expand_param
+        if ops.uniform(rng, 0, 1) > ep.prob or abs(ep.max_expand_ratio - 1) < 1e-2:
+            return sample
+        ratio = ops.uniform(rng, 1, ep.max_expand_ratio)
+        img = sample.image
+        h, w, c = img.shape
+        eh, ew = int(F32(h) * ratio), int(F32(w) * ratio)
+        h_off = F32(np.floor(ops.uniform(rng, 0, eh - h)))
+        w_off = F32(np.floor(ops.uniform(rng, 0, ew - w)))
+        canvas = np.empty((eh, ew, c), dtype=img.dtype)
+        if self.mean_values is not None:
+            canvas[:] = self._per_channel(self.mean_values, c, img.dtype)
+        elif self.mean_image is not None:
+            if self.mean_image.shape != (c, eh, ew):
+                raise ProtonetError(f"{self.where}: mean_file {self.mean_image.shape} does not fit "
+                                    f"the expanded image {(c, eh, ew)}")
+            canvas[:] = self._cast(self.mean_image.transpose(1, 2, 0), img.dtype)
+        else:
+            canvas[:] = 0
+        canvas[int(h_off):int(h_off) + h, int(w_off):int(w_off) + w] = img
+        canvas = self._round_trip(sample, canvas)
+        window = np.array([-w_off / F32(w), -h_off / F32(h), (F32(ew) - w_off) / F32(w),
+                           (F32(eh) - h_off) / F32(h)], dtype=F32)
+        boxes, keep = self.carry_boxes(sample, window, mirror=False, resize_from=None)
+        return sample.with_boxes(canvas, boxes, keep)
+
+    def crop_to_window(self, sample, window):
+        """Crop the image to a normalized window (a batch-sampler sample)."""
+        window = bx.clip(window)[0]
+        h, w = sample.image.shape[:2]
+        x0, y0 = F32(window[0]) * F32(w), F32(window[1]) * F32(h)
+        x1, y1 = F32(window[2]) * F32(w), F32(window[3]) * F32(h)
+        w_off, h_off = int(x0), int(y0)
+        cw, ch = int(x1 - x0), int(y1 - y0)
+        img = np.ascontiguousarray(sample.image[h_off:h_off + ch, w_off:w_off + cw])
+        img = self._round_trip(sample, img)
+        boxes, keep = self.carry_boxes(sample, window, mirror=False, resize_from=None)
+        return sample.with_boxes(img, boxes, keep)
+
+    # ---- boxes --------------------------------------------------------------------------------
+
+    def carry_boxes(self, sample, window, mirror, resize_from):
+        """Caffe's TransformAnnotation: (resize policy) -> emit constraint -> project into the
+        window -> mirror -> extrapolate. Returns (boxes, keep)."""
+        boxes = sample.boxes
+        rp = self.param.resize_param if self.param.HasField("resize_param") else None
+        if resize_from is not None and rp is not None:
+            boxes = ops.resize_boxes(rp, resize_from[0], resize_from[1], boxes)
+        keep = np.ones(len(boxes), dtype=bool)
+        if self.param.HasField("emit_constraint"):
+            keep &= bx.meets_emit_constraint(window, boxes, self.param.emit_constraint)
+        proj, inside = bx.project(window, boxes)
+        keep &= inside
+        if mirror:
+            proj = np.stack([F32(1) - proj[:, 2], proj[:, 1], F32(1) - proj[:, 0], proj[:, 3]],
+                            axis=1)
+        if resize_from is not None and rp is not None:
+            proj = ops.extrapolate_boxes(rp, resize_from[1], resize_from[0], window, proj)
+        return proj, keep
+
+    # ---- the transform ------------------------------------------------------------------------
+
+    @staticmethod
+    def _cast(values, dtype):
+        if dtype == np.uint8:
+            return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return np.asarray(values, dtype=dtype)
+
+    def _per_channel(self, values, channels, dtype):
+        if len(values) not in (1, channels):
+            raise ProtonetError(f"{self.where}: give 1 mean_value or {channels}, got {len(values)}")
+        return self._cast(np.broadcast_to(values, (channels,)), dtype)
+
+    def transform(self, sample, rng):
+        """The final transform: (CHW float32 array, sample with the boxes in output coords)."""
+        p = self.param
+        img = sample.image
+        src_h, src_w = img.shape[:2]
+        mirror = bool(p.mirror and rng.integers(2))
+        if p.HasField("resize_param"):
+            img = ops.resize(img, p.resize_param, ops.pick_interp(p.resize_param, rng))
+        if p.HasField("noise_param"):
+            img = ops.noise(img, p.noise_param, rng)
+        h, w, c = img.shape
+        out_h, out_w = h, w
+        h_off = w_off = 0
+        if self.crop_h and self.crop_w:
+            if h < self.crop_h or w < self.crop_w:
+                raise ProtonetError(f"record {sample.key}: image {h}x{w} smaller than the crop "
+                                    f"{self.crop_h}x{self.crop_w}")
+            out_h, out_w = self.crop_h, self.crop_w
+            if self.phase == caffe_pb2.TRAIN:
+                h_off = int(rng.integers(h - out_h + 1))
+                w_off = int(rng.integers(w - out_w + 1))
+            else:
+                h_off, w_off = (h - out_h) // 2, (w - out_w) // 2
+            img = img[h_off:h_off + out_h, w_off:w_off + out_w]
+        if mirror:
+            img = img[:, ::-1]
+        data = img.astype(F32)
+        if self.mean_values is not None:
+            data -= self._per_channel(self.mean_values, c, F32)
+        elif self.mean_image is not None:
+            mean = self.mean_image
+            if mean.shape == (c, out_h, out_w):
+                data -= mean.transpose(1, 2, 0)
+            elif mean.shape == (c, h, w):
+                data -= mean[:, h_off:h_off + out_h, w_off:w_off + out_w].transpose(1, 2, 0)
+            else:
+                raise ProtonetError(f"{self.where}: mean_file {mean.shape} fits neither the "
+                                    f"output {(c, out_h, out_w)} nor the image {(c, h, w)}")
+        if p.scale != 1:
+            data *= F32(p.scale)
+        chw = np.ascontiguousarray(data.transpose(2, 0, 1))
+        if not sample.annotated or not len(sample.boxes):
+            return chw, sample
+        window = np.array([F32(w_off) / F32(w), F32(h_off) / F32(h),
+                           F32(w_off + out_w) / F32(w), F32(h_off + out_h) / F32(h)], dtype=F32)
+        boxes, keep = self.carry_boxes(sample, window, mirror, resize_from=(src_w, src_h))
+        return chw, sample.with_boxes(None, boxes, keep)
+
+
+class AnnotatedPipeline:
+    """A whole AnnotatedData sample: distort -> expand -> batch_sampler crop -> transform."""
+
+    def __init__(self, transformer, batch_samplers=()):
+        self.t = transformer
+        self.batch_samplers = list(batch_samplers)
+        for bs in self.batch_samplers:
+            check_sampler(bs)
+
+    def __call__(self, sample, rng):
+        p = self.t.param
+        if p.HasField("distort_param"):
+            sample = self.t.distort(sample, rng)
+        if p.HasField("expand_param"):
+            sample = self.t.expand(sample, rng)
+        if self.batch_samplers:
+            windows = generate_windows(sample.boxes, self.batch_samplers, rng)
+            if windows:
+                sample = self.t.crop_to_window(sample, windows[int(rng.integers(len(windows)))])
+        return self.t.transform(sample, rng)
+
+
+def label_rows(samples):
+    """Caffe's AnnotatedData label blob [1, 1, N, 8] for transformed samples: rows
+    (item_id, label, instance_id, xmin, ymin, xmax, ymax, difficult); one row of -1 if empty."""
+    parts = []
+    for item, s in enumerate(samples):
+        n = len(s.boxes)
+        if not n:
+            continue
+        rows = np.empty((n, 8), dtype=F32)
+        rows[:, 0] = item
+        rows[:, 1] = s.labels
+        rows[:, 2] = s.instance_ids
+        rows[:, 3:7] = s.boxes
+        rows[:, 7] = s.difficult
+        parts.append(rows)
+    if not parts:
+        return np.full((1, 1, 1, 8), -1, dtype=F32)
+    return np.concatenate(parts)[None, None]
+
+
+__all__ = ["Transformer", "AnnotatedPipeline", "label_rows", "Sample"]
