@@ -1,10 +1,15 @@
 """Files in and out: prototxt, caffemodel, solverstate, label maps, upgrades of old files."""
 from protonet.io.prototxt import (  # noqa: F401
+    atomic_open,
     atomic_write,
     parse_prototxt,
     read_binary_proto,
+    read_net_prototxt,
     read_prototxt,
+    read_solver_prototxt,
     write_binary_proto,
     write_prototxt,
 )
-from protonet.io.blobs import array_to_blob, blob_to_array  # noqa: F401
+from protonet.io.blobs import array_to_blob, blob_shape, blob_to_array  # noqa: F401
+from protonet.io.upgrade import upgrade_net, upgrade_solver  # noqa: F401
+from protonet.io.caffemodel import caffemodel_arrays, read_caffemodel, write_caffemodel  # noqa: F401

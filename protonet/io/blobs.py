@@ -1,14 +1,39 @@
-"""BlobProto <-> numpy, with the legacy num/channels/height/width shape."""
+"""BlobProto <-> numpy, with the legacy num/channels/height/width shape.
+
+Blob data travels as raw little-endian bytes in the packed `data` field (BlobProto field 5),
+never as Python lists: VGG-sized nets hold 10^8 floats.
+"""
 import numpy as np
 
 from protonet import caffe_pb2
 
+# wire tags (field number << 3 | length-delimited) of BlobProto's fields
+_TAG_SHAPE = b"\x3a"  # shape = 7
+_TAG_DATA = b"\x2a"  # data = 5, packed float
+_TAG_DIFF = b"\x32"  # diff = 6, packed float
+_TAG_DIM = b"\x0a"  # BlobShape.dim = 1, packed int64
+_LEGACY_DIMS = ("num", "channels", "height", "width")
+
+
+def varint(value):
+    """Protobuf base-128 varint of a non-negative int."""
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
 
 def blob_shape(blob):
+    """The blob's shape; the legacy 4-D fields win over `shape`, as in Caffe's Blob::FromProto."""
+    if any(blob.HasField(f) for f in _LEGACY_DIMS):
+        return (blob.num, blob.channels, blob.height, blob.width)
     if blob.HasField("shape"):
         return tuple(int(d) for d in blob.shape.dim)
-    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
-        return (blob.num, blob.channels, blob.height, blob.width)
     n = len(blob.data) or len(blob.double_data)
     return (n,) if n else (0,)
 
@@ -28,16 +53,42 @@ def blob_to_array(blob, diff=False):
     return arr.reshape(shape)
 
 
-def array_to_blob(arr, diff=None, blob=None):
-    """A BlobProto with `shape` set (Caffe's current form) from a numpy array or tensor."""
+def _as_float32(arr):
     if hasattr(arr, "detach"):
         arr = arr.detach().cpu().numpy()
-    arr = np.asarray(arr, dtype=np.float32)
-    blob = blob if blob is not None else caffe_pb2.BlobProto()
-    blob.shape.dim.extend(arr.shape)
-    blob.data.extend(arr.ravel().tolist())
+    return np.ascontiguousarray(arr, dtype="<f4")
+
+
+def _packed_field(tag, arr):
+    """(header bytes, raw buffer) of one packed float field; nothing for an empty array."""
+    if arr.size == 0:
+        return []
+    return [tag + varint(arr.nbytes), memoryview(arr).cast("B")]
+
+
+def blob_pieces(arr, diff=None):
+    """The serialized BlobProto of `arr` (shape + packed data [+ diff]) as a list of buffers.
+
+    Written one after another they are the bytes protobuf (and Caffe) would write; the array data
+    is not copied.
+    """
+    arr = _as_float32(arr)
+    # Fields in number order (data 5, diff 6, shape 7), as protobuf and Caffe write them.
+    pieces = _packed_field(_TAG_DATA, arr.reshape(-1))
     if diff is not None:
-        if hasattr(diff, "detach"):
-            diff = diff.detach().cpu().numpy()
-        blob.diff.extend(np.asarray(diff, dtype=np.float32).ravel().tolist())
+        diff = _as_float32(diff)
+        if diff.size != arr.size:
+            raise ValueError(f"diff holds {diff.size} values but the data holds {arr.size}")
+        pieces += _packed_field(_TAG_DIFF, diff.reshape(-1))
+    dims = b"".join(varint(int(d)) for d in arr.shape)
+    shape_msg = (_TAG_DIM + varint(len(dims)) + dims) if dims else b""
+    pieces.append(_TAG_SHAPE + varint(len(shape_msg)) + shape_msg)
+    return pieces
+
+
+def array_to_blob(arr, diff=None, blob=None):
+    """A BlobProto with `shape` set (Caffe's current form) from a numpy array or tensor."""
+    blob = blob if blob is not None else caffe_pb2.BlobProto()
+    # protobuf parses packed floats with a memcpy: far faster than extending from a list.
+    blob.MergeFromString(b"".join(blob_pieces(arr, diff)))
     return blob
