@@ -1,0 +1,265 @@
+"""Box math with the SSD/RefineDet Caffe fork's semantics, vectorised over the batch.
+
+Boxes are tensors whose last axis is [xmin, ymin, xmax, ymax]. Every function broadcasts over
+leading axes, so one call serves a whole batch (and runs where the tensors live: CPU or CUDA).
+Where Caffe's float arithmetic has a visible quirk (the size of an inverted box is 0, IoU needs
+a strictly positive intersection, scores pass a threshold with a strict '>'), it is kept here.
+"""
+import torch
+
+from protonet import caffe_pb2
+
+CORNER = caffe_pb2.PriorBoxParameter.CORNER
+CENTER_SIZE = caffe_pb2.PriorBoxParameter.CENTER_SIZE
+CORNER_SIZE = caffe_pb2.PriorBoxParameter.CORNER_SIZE
+
+BIPARTITE = caffe_pb2.MultiBoxLossParameter.BIPARTITE
+PER_PREDICTION = caffe_pb2.MultiBoxLossParameter.PER_PREDICTION
+
+# Caffe keeps an overlap for matching only when it exceeds this.
+MIN_MATCH_OVERLAP = 1e-6
+# Match index of a prior left out by ignore_cross_boundary_bbox.
+IGNORED = -2
+UNMATCHED = -1
+
+
+def box_size(boxes, normalized=True):
+    """Area; 0 for an inverted box. Pixel boxes (normalized=False) count both end pixels."""
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    invalid = (w < 0) | (h < 0)
+    if not normalized:
+        w = w + 1
+        h = h + 1
+    return torch.where(invalid, torch.zeros_like(w), w * h)
+
+
+def iou(a, b, normalized=True):
+    """Pairwise Jaccard overlap: a [..., N, 4], b [..., M, 4] -> [..., N, M]."""
+    a = a.unsqueeze(-2)
+    b = b.unsqueeze(-3)
+    iw = torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])
+    ih = torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])
+    if not normalized:
+        iw = iw + 1
+        ih = ih + 1
+    inter = iw * ih
+    union = box_size(a, normalized) + box_size(b, normalized) - inter
+    ok = (iw > 0) & (ih > 0)
+    return torch.where(ok, inter / torch.where(ok, union, torch.ones_like(union)), torch.zeros_like(inter))
+
+
+def iou_aligned(a, b, normalized=True):
+    """Jaccard overlap of corresponding boxes: a, b [..., 4] -> [...]."""
+    iw = torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])
+    ih = torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])
+    if not normalized:
+        iw = iw + 1
+        ih = ih + 1
+    inter = iw * ih
+    union = box_size(a, normalized) + box_size(b, normalized) - inter
+    ok = (iw > 0) & (ih > 0)
+    return torch.where(ok, inter / torch.where(ok, union, torch.ones_like(union)), torch.zeros_like(inter))
+
+
+def clip(boxes, height=1.0, width=1.0):
+    """Clamp coordinates into [0, width] x [0, height] (normalised: the unit square)."""
+    x = boxes[..., 0::2].clamp(0, width)
+    y = boxes[..., 1::2].clamp(0, height)
+    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+
+
+def is_cross_boundary(boxes):
+    return ((boxes < 0) | (boxes > 1)).any(dim=-1)
+
+
+def _center_size(boxes):
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    cx = (boxes[..., 0] + boxes[..., 2]) / 2
+    cy = (boxes[..., 1] + boxes[..., 3]) / 2
+    return cx, cy, w, h
+
+
+def encode(boxes, priors, variances, code_type, variance_encoded_in_target=False):
+    """Regression targets of `boxes` relative to `priors` (Caffe's EncodeBBox).
+
+    With variance_encoded_in_target the variances are not applied (the net predicts them)."""
+    var = None if variance_encoded_in_target else variances
+    if code_type == CORNER:
+        d = boxes - priors
+        return d if var is None else d / var
+    if code_type == CENTER_SIZE:
+        pcx, pcy, pw, ph = _center_size(priors)
+        bcx, bcy, bw, bh = _center_size(boxes)
+        d = torch.stack(((bcx - pcx) / pw, (bcy - pcy) / ph,
+                         torch.log(bw / pw), torch.log(bh / ph)), dim=-1)
+        return d if var is None else d / var
+    if code_type == CORNER_SIZE:
+        pw = priors[..., 2] - priors[..., 0]
+        ph = priors[..., 3] - priors[..., 1]
+        size = torch.stack((pw, ph, pw, ph), dim=-1)
+        d = (boxes - priors) / size
+        return d if var is None else d / var
+    raise ValueError(f"unknown code type {code_type}")
+
+
+def decode(deltas, priors, variances, code_type, variance_encoded_in_target=False):
+    """Boxes from regression outputs (Caffe's DecodeBBox, without clipping)."""
+    d = deltas if variance_encoded_in_target else variances * deltas
+    if code_type == CORNER:
+        return priors + d
+    if code_type == CENTER_SIZE:
+        pcx, pcy, pw, ph = _center_size(priors)
+        cx = d[..., 0] * pw + pcx
+        cy = d[..., 1] * ph + pcy
+        w = torch.exp(d[..., 2]) * pw
+        h = torch.exp(d[..., 3]) * ph
+        return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
+    if code_type == CORNER_SIZE:
+        pw = priors[..., 2] - priors[..., 0]
+        ph = priors[..., 3] - priors[..., 1]
+        return priors + d * torch.stack((pw, ph, pw, ph), dim=-1)
+    raise ValueError(f"unknown code type {code_type}")
+
+
+def match(overlaps, gt_valid, match_type, overlap_threshold, ignored=None):
+    """Caffe's MatchBBox for a batch of independent problems.
+
+    overlaps [R, P, G] (IoU of P predictions with G ground truths), gt_valid [R, G] (padding
+    columns False), ignored [R, P] or None (cross-boundary predictions: index IGNORED).
+    Bipartite first: repeatedly the globally best (prediction, gt) pair, ties to the lowest
+    prediction then gt index, until the gts run out; PER_PREDICTION then gives every other
+    prediction its best gt with overlap >= overlap_threshold. Returns (match_index [R, P] int64,
+    UNMATCHED/IGNORED where none, match_overlap [R, P]: the matched overlap, else the best one).
+    """
+    R, P, G = overlaps.shape
+    device = overlaps.device
+    present = (overlaps > MIN_MATCH_OVERLAP) & gt_valid[:, None, :]
+    if ignored is not None:
+        present &= ~ignored[:, :, None]
+    ov = torch.where(present, overlaps, torch.zeros_like(overlaps))
+    match_overlap = ov.amax(dim=2) if G > 0 else overlaps.new_zeros((R, P))
+    match_index = torch.full((R, P), UNMATCHED, dtype=torch.long, device=device)
+    if ignored is not None:
+        match_index[ignored] = IGNORED
+    if G == 0 or P == 0:
+        return match_index, match_overlap
+    rows = torch.arange(R, device=device)
+
+    # Bipartite stage on a reduced problem: the prediction that the greedy picks for a gt is
+    # among that gt's G best predictions (at most G-1 are taken before), so only the union of
+    # each column's top G (ties to the lower index, as Caffe's scan) can ever be chosen.
+    key = _descending_key(torch.where(present, ov, torch.full_like(ov, -1.0)), dim=1)
+    k = min(G, P)
+    top = key.topk(k, dim=1).indices  # [R, k, G] prediction indices
+    cand = top.permute(0, 2, 1).reshape(R, G * k)
+    cand, _ = cand.sort(dim=1)
+    dup = torch.zeros_like(cand, dtype=torch.bool)
+    dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
+    sub = torch.gather(ov, 1, cand[:, :, None].expand(R, cand.shape[1], G))
+    sub_present = torch.gather(present, 1, cand[:, :, None].expand(R, cand.shape[1], G))
+    work = torch.where(sub_present & ~dup[:, :, None], sub, torch.full_like(sub, -1.0))
+    width = work.shape[1]
+    for _ in range(min(G, P)):
+        best, arg = work.reshape(R, -1).max(dim=1)
+        found = best > 0
+        if not bool(found.any()):
+            break
+        r = rows[found]
+        pi = arg[found] // G
+        gi = arg[found] % G
+        prior = cand[r, pi]
+        match_index[r, prior] = gi
+        match_overlap[r, prior] = best[found]
+        work[r, pi, :] = -1.0
+        work[r, :, gi] = -1.0
+    del width
+
+    if match_type == PER_PREDICTION:
+        eligible = present & (overlaps >= overlap_threshold)
+        best, arg = torch.where(eligible, ov, torch.full_like(ov, -1.0)).max(dim=2)
+        take = (match_index == UNMATCHED) & eligible.any(dim=2)
+        match_index = torch.where(take, arg, match_index)
+        match_overlap = torch.where(take, best, match_overlap)
+    elif match_type != BIPARTITE:
+        raise ValueError(f"unknown match type {match_type}")
+    return match_index, match_overlap
+
+
+def _descending_key(values, dim):
+    """int64 keys that order like (value descending, index ascending) along `dim`, so that
+    topk/sort reproduce a stable descending sort of float32 values exactly."""
+    v = values.float() + 0.0  # -0.0 -> 0.0
+    bits = v.view(torch.int32).to(torch.int64)
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    n = values.shape[dim]
+    shape = [1] * values.dim()
+    shape[dim] = n
+    idx = torch.arange(n, device=values.device, dtype=torch.int64).view(shape)
+    return ordered * (1 << 32) + (n - 1 - idx)
+
+
+def stable_topk_desc(scores, k, dim=-1):
+    """Indices of the k largest along `dim`, ordered like a stable descending sort."""
+    return _descending_key(scores, dim).topk(k, dim=dim).indices
+
+
+def nms_thresholds(nms_threshold, eta, n):
+    """Caffe's adaptive NMS threshold after 0..n kept boxes (float32 arithmetic)."""
+    t = torch.tensor(nms_threshold, dtype=torch.float32)
+    e = torch.tensor(eta, dtype=torch.float32)
+    out = [t]
+    for _ in range(n):
+        if eta < 1 and float(t) > 0.5:
+            t = t * e
+        out.append(t)
+    return torch.stack(out)
+
+
+def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1):
+    """Caffe's ApplyNMSFast on many independent rows at once.
+
+    boxes [R, P, 4], scores [R, P]. Per row: scores strictly above score_threshold, stable
+    descending sort, the first top_k, then greedy: a box is kept if its IoU with every kept box
+    is <= the (eta-adapted) threshold. Returns (order [R, K] prior indices in sorted order,
+    keep [R, K] bool), K = the most candidates any row has.
+    """
+    R, P = scores.shape
+    device = scores.device
+    passing = scores > score_threshold
+    count = passing.sum(dim=1)
+    K = int(count.max()) if R > 0 and P > 0 else 0
+    if top_k > -1:
+        K = min(K, top_k)
+    if K == 0:
+        return (torch.zeros((R, 0), dtype=torch.long, device=device),
+                torch.zeros((R, 0), dtype=torch.bool, device=device))
+    masked = torch.where(passing, scores, torch.full_like(scores, float("-inf")))
+    order = stable_topk_desc(masked, K, dim=1)
+    valid = torch.arange(K, device=device)[None, :] < count[:, None]
+    cand = torch.gather(boxes, 1, order[:, :, None].expand(R, K, 4))
+    keep = torch.zeros((R, K), dtype=torch.bool, device=device)
+    adaptive = eta < 1
+    if adaptive:
+        table = nms_thresholds(nms_threshold, eta, K).to(device)
+        kept_count = torch.zeros(R, dtype=torch.long, device=device)
+    thr = torch.tensor(nms_threshold, dtype=torch.float32, device=device)
+    areas = box_size(cand)
+    for k in range(K):
+        box = cand[:, k]
+        if k == 0:
+            ok = valid[:, 0]
+        else:
+            prev = cand[:, :k]
+            iw = torch.minimum(prev[..., 2], box[:, None, 2]) - torch.maximum(prev[..., 0], box[:, None, 0])
+            ih = torch.minimum(prev[..., 3], box[:, None, 3]) - torch.maximum(prev[..., 1], box[:, None, 1])
+            inter = iw * ih
+            union = areas[:, k, None] + areas[:, :k] - inter
+            overlap = torch.where((iw > 0) & (ih > 0), inter / union, torch.zeros_like(inter))
+            limit = table[kept_count][:, None] if adaptive else thr
+            ok = valid[:, k] & ~((overlap > limit) & keep[:, :k]).any(dim=1)
+        keep[:, k] = ok
+        if adaptive:
+            kept_count = kept_count + ok.long()
+    return order, keep
