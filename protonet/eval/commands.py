@@ -1,0 +1,250 @@
+"""`protonet eval`: evaluate a detection test net outside training.
+
+    protonet eval --model test.prototxt [--weights W.caffemodel] [--iterations N]
+                  [--ap-version 11point|MaxIntegral|Integral] [--labelmap L]
+                  [--coco-gt instances.json] [--gpu G]
+
+VOC: the test net's DetectionEvaluate outputs are accumulated over N batches exactly as Caffe's
+solver does in a test pass (protonet.eval.voc), and the AP of every class and the mAP are printed.
+
+COCO (--coco-gt): the DetectionOutput rows of every batch are turned into COCO results (image id
+from the name/size file of DetectionEvaluate, whose order is the test database's order as
+`create-list` writes it; category id from the label map item's name, as in the fork's
+labelmap_coco.prototxt) and scored by pycocotools' COCOeval, which prints its 12-number summary.
+
+N defaults to the whole test set: the lines of the name/size file divided by the batch size.
+"""
+import math
+import os
+
+import click
+import numpy as np
+
+from protonet import caffe_pb2
+from protonet.errors import ProtonetError
+from protonet.eval.voc import AP_VERSIONS, DetectionAccumulator
+
+BATCHED_DATA_PARAMS = ("data_param", "image_data_param", "hdf5_data_param", "memory_data_param",
+                       "window_data_param", "video_data_param")
+
+
+def _layers_of_type(net, type_name):
+    return [layer for layer in net.layers.values() if layer.param.type == type_name]
+
+
+def _batch_size(net):
+    for layer in net.layers.values():
+        if getattr(layer, "is_data", False):
+            for field in BATCHED_DATA_PARAMS:
+                if layer.param.HasField(field) and getattr(layer.param, field).batch_size:
+                    return int(getattr(layer.param, field).batch_size)
+    return None
+
+
+def read_name_size(path):
+    """[(name, height, width)] from a name/size file (`NAME HEIGHT WIDTH` per line)."""
+    if not os.path.exists(path):
+        raise ProtonetError(f"{path}: no such name_size_file")
+    rows = []
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 3:
+                raise ProtonetError(f"{path}:{lineno}: expected 'NAME HEIGHT WIDTH', got {line.strip()!r}")
+            try:
+                rows.append((parts[0], int(parts[1]), int(parts[2])))
+            except ValueError:
+                raise ProtonetError(f"{path}:{lineno}: height and width must be integers") from None
+    return rows
+
+
+def default_iterations(net, model):
+    """Batches that cover the test set once: lines of the name/size file over the batch size."""
+    for layer in _layers_of_type(net, "DetectionEvaluate"):
+        name_size_file = layer.param.detection_evaluate_param.name_size_file
+        batch = _batch_size(net)
+        if name_size_file and batch:
+            return int(math.ceil(len(read_name_size(name_size_file)) / batch))
+    raise ProtonetError(f"{model}: cannot tell how many batches make the test set (no name_size_file in "
+                        "DetectionEvaluate or no batch size): give --iterations")
+
+
+def _labelmap_file(net, option):
+    if option:
+        return option
+    for layer in net.layers.values():
+        if layer.param.HasField("annotated_data_param") and layer.param.annotated_data_param.label_map_file:
+            return layer.param.annotated_data_param.label_map_file
+    return None
+
+
+def _label_names(path):
+    if not path:
+        return {}
+    from protonet.tools.detect import label_names
+
+    return label_names(path)
+
+
+class CocoCollector:
+    """DetectionOutput rows of successive batches -> COCO result dicts."""
+
+    def __init__(self, net, model, gt, labelmap_path):
+        from protonet.io.labelmap import map_label_to_name, read_labelmap
+
+        outs = _layers_of_type(net, "DetectionOutput")
+        if not outs:
+            raise ProtonetError(f"{model}: --coco-gt needs a DetectionOutput layer in the test net")
+        self.top = outs[-1].param.top[0]
+        evaluators = _layers_of_type(net, "DetectionEvaluate")
+        name_size_file = evaluators[0].param.detection_evaluate_param.name_size_file if evaluators else ""
+        if not name_size_file:
+            raise ProtonetError(f"{model}: --coco-gt needs DetectionEvaluate's name_size_file to know the image ids")
+        self.images = read_name_size(name_size_file)
+        self.batch = _batch_size(net)
+        if not self.batch:
+            raise ProtonetError(f"{model}: cannot find the test batch size")
+        by_file = {os.path.splitext(img["file_name"])[0]: img["id"] for img in gt.dataset.get("images", [])}
+        known_ids = set(gt.getImgIds())
+        self.image_ids = []
+        for name, _, _ in self.images:
+            if name.isdigit() and int(name) in known_ids:
+                self.image_ids.append(int(name))
+            elif name in by_file:
+                self.image_ids.append(by_file[name])
+            else:
+                raise ProtonetError(f"{name_size_file}: image '{name}' is neither an image id nor a file name "
+                                    "of the COCO ground truth")
+        if not labelmap_path:
+            raise ProtonetError(f"{model}: --coco-gt needs a label map (--labelmap) to map labels to categories")
+        cats = {c["id"]: c for c in gt.dataset.get("categories", [])}
+        by_cat_name = {c["name"]: c["id"] for c in cats.values()}
+        self.category = {}
+        for label, name in map_label_to_name(read_labelmap(labelmap_path), strict=False, source=labelmap_path).items():
+            if name.isdigit() and int(name) in cats:
+                self.category[label] = int(name)
+            elif name in by_cat_name:
+                self.category[label] = by_cat_name[name]
+        self.results = []
+        self.seen = set()
+        self.offset = 0
+
+    def add(self, blobs):
+        rows = blobs[self.top].detach().reshape(-1, 7).cpu().numpy()
+        for item, label, score, x0, y0, x1, y1 in rows:
+            index = self.offset + int(item)
+            if item < 0 or label < 0 or index >= len(self.images):
+                continue
+            _, height, width = self.images[index]
+            if int(label) not in self.category:
+                continue
+            # Caffe's save_output_param writes COCO boxes as [xmin, ymin, width, height] in pixels.
+            x0, x1 = np.clip([x0, x1], 0, 1) * width
+            y0, y1 = np.clip([y0, y1], 0, 1) * height
+            self.results.append({"image_id": self.image_ids[index], "category_id": self.category[int(label)],
+                                 "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                                 "score": float(score)})
+        for k in range(self.batch):
+            if self.offset + k < len(self.images):
+                self.seen.add(self.image_ids[self.offset + k])
+        self.offset += self.batch
+
+    def evaluate(self, gt, echo):
+        from pycocotools.cocoeval import COCOeval
+
+        if not self.results:
+            raise ProtonetError("--coco-gt: the net made no detections; nothing to score")
+        dt = gt.loadRes(self.results)
+        coco_eval = COCOeval(gt, dt, "bbox")
+        coco_eval.params.imgIds = sorted(self.seen)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+        return [float(v) for v in coco_eval.stats]
+
+
+def evaluate(model, weights=None, iterations=None, ap_version="11point", labelmap=None, coco_gt=None,
+             device="cpu", progress=None, echo=print):
+    """Run the test net; returns {'map': mAP, 'ap': {label: AP}, 'names': {...}, 'coco': stats or None}."""
+    import torch
+
+    from protonet.net import Net
+
+    if ap_version not in AP_VERSIONS:
+        raise ProtonetError(f"--ap-version {ap_version}: one of {', '.join(AP_VERSIONS)}")
+    if not os.path.isfile(model):
+        raise ProtonetError(f"{model}: no such file (--model)")
+    if weights is not None and not os.path.isfile(weights):
+        raise ProtonetError(f"{weights}: no such file (--weights)")
+    net = Net(model, phase="TEST", weights=weights)
+    net.eval()
+    net.to(device)
+    evaluators = [layer.param.top[0] for layer in _layers_of_type(net, "DetectionEvaluate")]
+    if not evaluators and coco_gt is None:
+        raise ProtonetError(f"{model}: no DetectionEvaluate layer: not a detection test net (see --coco-gt)")
+    if iterations is None:
+        iterations = default_iterations(net, model)
+    labelmap = _labelmap_file(net, labelmap)
+    gt = collector = None
+    if coco_gt is not None:
+        if not os.path.isfile(coco_gt):
+            raise ProtonetError(f"{coco_gt}: no such file (--coco-gt)")
+        from pycocotools.coco import COCO
+
+        gt = COCO(coco_gt)
+        collector = CocoCollector(net, model, gt, labelmap)
+    accumulators = [DetectionAccumulator() for _ in evaluators]
+    steps = range(iterations)
+    with torch.no_grad():
+        for _ in (progress(steps) if progress else steps):
+            blobs = net.forward()
+            for acc, top in zip(accumulators, evaluators):
+                acc.add(blobs[top].detach().cpu().numpy())
+            if collector is not None:
+                collector.add(blobs)
+    result = {"names": _label_names(labelmap), "iterations": iterations, "coco": None, "map": None, "ap": {}}
+    for k, acc in enumerate(accumulators):
+        m_ap, aps = acc.evaluate(ap_version)
+        if k == 0:
+            result["map"], result["ap"] = float(m_ap), {label: float(ap) for label, ap in aps.items()}
+        result.setdefault("outputs", []).append(float(m_ap))
+    if collector is not None:
+        result["coco"] = collector.evaluate(gt, echo)
+    return result
+
+
+@click.command("eval")
+@click.option("--model", required=True, help="test prototxt with DetectionEvaluate (and DetectionOutput for COCO)")
+@click.option("--weights", default=None, help="trained .caffemodel (none: the net's fillers)")
+@click.option("--iterations", type=int, default=None, help="test batches (default: the whole name/size file)")
+@click.option("--ap-version", default="11point", show_default=True, type=click.Choice(AP_VERSIONS),
+              help="Caffe's AP: VOC2007's 11 points, VOC2012's MaxIntegral, or Integral")
+@click.option("--labelmap", default=None, help="LabelMap for class names (default: the data layer's)")
+@click.option("--coco-gt", default=None, help="COCO instances JSON: score with pycocotools' COCOeval too")
+@click.option("--gpu", default=None, help="CUDA device id (default: CPU)")
+def eval_command(model, weights, iterations, ap_version, labelmap, coco_gt, gpu):
+    """Evaluate a detection test net: VOC AP per class and mAP, or COCO's summary."""
+    from protonet.tools.detect import device_for
+
+    device = device_for(gpu)
+    err = click.get_text_stream("stderr")
+
+    def progress(steps):
+        with click.progressbar(steps, label="eval", file=err, show_pos=True) as bar:
+            yield from bar
+
+    result = evaluate(model, weights, iterations, ap_version, labelmap, coco_gt, device, progress, click.echo)
+    names = result["names"]
+    click.echo(f"Evaluated {result['iterations']} batches of {model}" + (f" with {weights}" if weights else ""))
+    if result["map"] is not None:
+        width = max([len(str(names.get(label, label))) for label in result["ap"]] + [5])
+        click.echo(f"{'label':>5}  {'class':<{width}}  AP ({ap_version})")
+        for label, ap in sorted(result["ap"].items()):
+            click.echo(f"{label:>5}  {str(names.get(label, '')):<{width}}  {ap:.6f}")
+        click.echo(f"mAP ({ap_version}) = {result['map']:.6f}")
+        for k, value in enumerate(result.get("outputs", [])[1:], 1):
+            click.echo(f"detection_eval #{k} = {value:.6f}")
+    if result["coco"] is not None:
+        click.echo("COCO bbox: " + " ".join(f"{v:.4f}" for v in result["coco"]))
