@@ -13,3 +13,17 @@ from protonet.io.prototxt import (  # noqa: F401
 from protonet.io.blobs import array_to_blob, blob_shape, blob_to_array  # noqa: F401
 from protonet.io.upgrade import upgrade_net, upgrade_solver  # noqa: F401
 from protonet.io.caffemodel import caffemodel_arrays, read_caffemodel, write_caffemodel  # noqa: F401
+from protonet.io.solverstate import (  # noqa: F401
+    make_solverstate,
+    read_solverstate,
+    solverstate_history_arrays,
+    write_solverstate,
+)
+from protonet.io.labelmap import (  # noqa: F401
+    map_label_to_display_name,
+    map_label_to_name,
+    map_name_to_label,
+    read_label_file,
+    read_labelmap,
+    write_labelmap,
+)

@@ -92,3 +92,33 @@ def array_to_blob(arr, diff=None, blob=None):
     # protobuf parses packed floats with a memcpy: far faster than extending from a list.
     blob.MergeFromString(b"".join(blob_pieces(arr, diff)))
     return blob
+
+
+def blob_field_pieces(field_number, arrays):
+    """Buffers of a repeated BlobProto field (`field_number`) holding `arrays`, and their total length."""
+    tag = varint((field_number << 3) | 2)
+    out = []
+    for arr in arrays:
+        pieces = blob_pieces(arr)
+        out.append(tag + varint(sum(len(p) for p in pieces)))
+        out += pieces
+    return out, sum(len(p) for p in out)
+
+
+def serialize_around(message, field_number):
+    """The serialized fields of `message` numbered below and above `field_number`, that field left out.
+
+    Protobuf writes fields in number order, so `below + <the field> + above` are the bytes it would
+    write for the whole message."""
+    below, above = type(message)(), type(message)()
+    for fd, value in message.ListFields():
+        if fd.number == field_number:
+            continue
+        target = below if fd.number < field_number else above
+        if fd.is_repeated:
+            getattr(target, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(target, fd.name).CopyFrom(value)
+        else:
+            setattr(target, fd.name, value)
+    return below.SerializeToString(), above.SerializeToString()

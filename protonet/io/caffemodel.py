@@ -2,18 +2,20 @@
 
 Reading upgrades old (V0/V1) files as Caffe does. Writing streams the blob data straight from the
 arrays into the file (packed little-endian floats), so a VGG-sized net never passes through Python
-lists or a second in-memory copy of the whole file.
+lists or a second in-memory copy of the whole file; the bytes are the ones Caffe's Net::ToProto +
+WriteProtoToBinaryFile give.
 """
 import collections
 import os
 
 from protonet import caffe_pb2
-from protonet.io.blobs import blob_pieces, blob_to_array, varint
+from protonet.io.blobs import blob_field_pieces, blob_to_array, serialize_around, varint
 from protonet.io.prototxt import atomic_open, read_binary_proto
 from protonet.io.upgrade import upgrade_net
 
-_TAG_NET_LAYER = varint((100 << 3) | 2)  # NetParameter.layer = 100
-_TAG_LAYER_BLOB = varint((7 << 3) | 2)  # LayerParameter.blobs = 7
+_NET_LAYER = 100  # NetParameter.layer, its last field
+_LAYER_BLOBS = 7  # LayerParameter.blobs
+_TAG_NET_LAYER = varint((_NET_LAYER << 3) | 2)
 
 
 def read_caffemodel(path, input_fields_to_layer=False):
@@ -27,28 +29,6 @@ def caffemodel_arrays(net_param):
     """Layer name -> list of its blobs as float arrays, for the layers that have blobs, in file order."""
     return collections.OrderedDict(
         (layer.name, [blob_to_array(b) for b in layer.blobs]) for layer in net_param.layer if len(layer.blobs))
-
-
-def _copy_fields(source, target, keep):
-    for fd, value in source.ListFields():
-        if not keep(fd):
-            continue
-        if fd.is_repeated:
-            getattr(target, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(target, fd.name).CopyFrom(value)
-        else:
-            setattr(target, fd.name, value)
-    return target
-
-
-def _layer_around_blobs(layer):
-    """The serialized fields of `layer` numbered below and above `blobs` (7), without its blobs.
-
-    Protobuf writes fields in number order, so head + blobs + tail are the bytes Caffe writes."""
-    head = _copy_fields(layer, caffe_pb2.LayerParameter(), lambda fd: fd.number < 7)
-    tail = _copy_fields(layer, caffe_pb2.LayerParameter(), lambda fd: fd.number > 7)
-    return head.SerializeToString(), tail.SerializeToString()
 
 
 def write_caffemodel(net_param, path, blobs=None):
@@ -68,23 +48,17 @@ def write_caffemodel(net_param, path, blobs=None):
     if missing:
         raise ValueError(f"blobs given for layers not in the net: {', '.join(missing)}")
     with atomic_open(path) as fh:
-        # NetParameter.layer (100) is its last field: everything else goes first.
-        head = _copy_fields(net_param, caffe_pb2.NetParameter(), lambda fd: fd.name != "layer")
-        fh.write(head.SerializeToString())
+        head, _ = serialize_around(net_param, _NET_LAYER)
+        fh.write(head)
         for layer in net_param.layer:
             arrays = blobs.get(layer.name)
             if arrays is None:
                 body = layer.SerializeToString()
                 fh.write(_TAG_NET_LAYER + varint(len(body)) + body)
                 continue
-            before, after = _layer_around_blobs(layer)
-            blob_chunks = []
-            for arr in arrays:
-                pieces = blob_pieces(arr)
-                blob_chunks.append([_TAG_LAYER_BLOB + varint(sum(len(p) for p in pieces))] + pieces)
-            size = len(before) + len(after) + sum(len(p) for chunk in blob_chunks for p in chunk)
-            fh.write(_TAG_NET_LAYER + varint(size) + before)
-            for chunk in blob_chunks:
-                for piece in chunk:
-                    fh.write(piece)
+            before, after = serialize_around(layer, _LAYER_BLOBS)
+            pieces, size = blob_field_pieces(_LAYER_BLOBS, arrays)
+            fh.write(_TAG_NET_LAYER + varint(len(before) + size + len(after)) + before)
+            for piece in pieces:
+                fh.write(piece)
             fh.write(after)

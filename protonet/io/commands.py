@@ -1,0 +1,291 @@
+"""`protonet inspect FILE` and `protonet upgrade IN OUT`.
+
+The kind of a file is told by its content, not its name: text files are parsed as the message whose
+top-level field names they use (NetParameter, SolverParameter, LabelMap); binary files as the message
+whose top-level field numbers and wire types they carry (NetParameter = .caffemodel, SolverState,
+BlobProto = a binaryproto mean).
+"""
+import os
+import re
+import sys
+
+import click
+import numpy as np
+from google.protobuf import text_format
+
+from protonet import caffe_pb2
+from protonet.errors import ProtonetError
+from protonet.io import upgrade as upgrade_rules
+from protonet.io.blobs import blob_shape, blob_to_array
+from protonet.io.prototxt import _read_bytes, atomic_write, parse_binary_proto, parse_prototxt
+
+TEXT_KINDS = {"net": caffe_pb2.NetParameter, "solver": caffe_pb2.SolverParameter, "labelmap": caffe_pb2.LabelMap}
+BINARY_KINDS = {"caffemodel": caffe_pb2.NetParameter, "solverstate": caffe_pb2.SolverState,
+                "blob": caffe_pb2.BlobProto}
+
+# ------------------------------------------------------------------------------------ detection
+
+_TEXT_TOKEN = re.compile(r'\s+|#[^\n]*|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|([A-Za-z_][\w.]*)|(.)')
+
+
+def _top_level_names(text):
+    """Field names used at the top level of a text proto (identifiers followed by ':', '{' or '<')."""
+    names, depth, pending = [], 0, None
+    for match in _TEXT_TOKEN.finditer(text):
+        ident, punct = match.group(1), match.group(2)
+        if ident is not None:
+            pending = ident if depth == 0 else None
+            continue
+        if punct is None:  # blank, comment or string
+            if not match.group(0).isspace() and not match.group(0).startswith("#"):
+                pending = None
+            continue
+        if punct in ":{<" and pending is not None:
+            names.append(pending)
+        pending = None
+        if punct in "{<":
+            depth += 1
+        elif punct in "}>":
+            depth = max(0, depth - 1)
+    return names
+
+
+def _text_kind(text):
+    """The text kind whose message knows the most top-level names (ties: net, solver, labelmap)."""
+    names = set(_top_level_names(text))
+    if not names:
+        return None
+    scores = {kind: len(names & set(cls.DESCRIPTOR.fields_by_name)) for kind, cls in TEXT_KINDS.items()}
+    best = max(scores, key=lambda k: scores[k])
+    return best if scores[best] else None
+
+
+_WIRE_TYPES = {  # FieldDescriptor type -> its unpacked wire type
+    1: 1, 6: 1, 16: 1,  # double, fixed64, sfixed64
+    2: 5, 7: 5, 15: 5,  # float, fixed32, sfixed32
+    9: 2, 11: 2, 12: 2,  # string, message, bytes
+}
+
+
+def _binary_fields(data):
+    """Top-level (field number, wire type) pairs of a protobuf message, or None if it is not one."""
+    pos, end, seen = 0, len(data), set()
+
+    def read_varint():
+        nonlocal pos
+        shift = value = 0
+        while True:
+            if pos >= end or shift > 63:
+                raise ValueError
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+
+    try:
+        while pos < end:
+            key = read_varint()
+            number, wire = key >> 3, key & 7
+            if number == 0:
+                return None
+            if wire == 0:
+                read_varint()
+            elif wire == 1:
+                pos += 8
+            elif wire == 2:
+                length = read_varint()  # read before `pos +=` loads pos
+                pos += length
+            elif wire == 5:
+                pos += 4
+            else:
+                return None
+            if pos > end:
+                return None
+            seen.add((number, wire))
+    except ValueError:
+        return None
+    return seen
+
+
+def _binary_fits(fields, cls):
+    by_number = {fd.number: fd for fd in cls.DESCRIPTOR.fields}
+    for number, wire in fields:
+        fd = by_number.get(number)
+        if fd is None:
+            return False
+        expected = _WIRE_TYPES.get(fd.type, 0)
+        if wire != expected and not (fd.is_repeated and wire == 2):
+            return False
+    return True
+
+
+def _looks_like_text(data):
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if any(ord(c) < 32 and c not in "\t\n\r\f\v" for c in text):
+        return None
+    return text
+
+
+def load_any(path):
+    """(kind, message, form) of a Caffe file, form being "text" or "binary"; messages not upgraded."""
+    path = os.fspath(path)
+    data = _read_bytes(path)
+    text = _looks_like_text(data)
+    if text is not None:
+        kind = _text_kind(text)
+        if kind is None:
+            if not text.strip():
+                raise ProtonetError(f"{path}: the file is empty")
+            # no known field name: let the net parser say what is wrong where
+            kind = "net"
+        return kind, parse_prototxt(text, TEXT_KINDS[kind](), filename=path), "text"
+    fields = _binary_fields(data)
+    if fields:
+        for kind, cls in BINARY_KINDS.items():
+            if _binary_fits(fields, cls):
+                return kind, parse_binary_proto(data, cls, path), "binary"
+    raise ProtonetError(f"{path}: neither a text prototxt nor a binary caffemodel, solverstate or binaryproto")
+
+
+# -------------------------------------------------------------------------------------- inspect
+
+
+def _shape_text(shape):
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _table(rows):
+    if not rows:
+        return []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+
+
+def _rule_text(layer):
+    rules = []
+    for kind, group in (("", layer.include), ("not ", layer.exclude)):
+        for rule in group:
+            parts = []
+            if rule.HasField("phase"):
+                parts.append(caffe_pb2.Phase.Name(rule.phase))
+            parts += [f"stage={s}" for s in rule.stage] + [f"not_stage={s}" for s in rule.not_stage]
+            if rule.HasField("min_level"):
+                parts.append(f"level>={rule.min_level}")
+            if rule.HasField("max_level"):
+                parts.append(f"level<={rule.max_level}")
+            rules.append(kind + " ".join(parts))
+    return f"  [{'; '.join(rules)}]" if rules else ""
+
+
+def _describe_net(net, path, with_blobs):
+    lines = []
+    name = net.name or "(unnamed)"
+    if with_blobs:
+        counts = [int(np.prod(blob_shape(b))) for layer in net.layer for b in layer.blobs]
+        lines.append(f"{path}: caffemodel, net {name}, {len(net.layer)} layers, "
+                     f"{sum(1 for l in net.layer if len(l.blobs))} with blobs, {sum(counts)} parameters")
+    else:
+        lines.append(f"{path}: net {name}, {len(net.layer)} layers")
+    for i, blob in enumerate(net.input):
+        if i < len(net.input_shape):
+            shape = _shape_text(net.input_shape[i].dim)
+        elif len(net.input_dim) >= 4 * (i + 1):
+            shape = _shape_text(net.input_dim[4 * i:4 * i + 4])
+        else:
+            shape = ""
+        lines.append(f"  input {blob} {shape}".rstrip())
+    rows = []
+    for layer in net.layer:
+        flow = f"{', '.join(layer.bottom) or '-'} -> {', '.join(layer.top) or '-'}"
+        if with_blobs:
+            blobs = " ".join(_shape_text(blob_shape(b)) for b in layer.blobs) or "-"
+            rows.append((layer.name, layer.type, blobs, flow + _rule_text(layer)))
+        else:
+            rows.append((layer.name, layer.type, flow + _rule_text(layer)))
+    lines += [line.rstrip() for line in _table(rows)]
+    return lines
+
+
+def _describe(kind, msg, path):
+    if kind in ("net", "caffemodel"):
+        return _describe_net(msg, path, with_blobs=kind == "caffemodel")
+    if kind == "solver":
+        return [f"{path}: solver ({msg.type})"] + ["  " + line for line in
+                                                  text_format.MessageToString(msg).splitlines()]
+    if kind == "labelmap":
+        rows = [(str(item.label), item.name, item.display_name) for item in msg.item]
+        return [f"{path}: label map, {len(msg.item)} items"] + _table([("label", "name", "display_name")] + rows)
+    if kind == "solverstate":
+        lines = [f"{path}: solverstate, iter {msg.iter}, current_step {msg.current_step}",
+                 f"  learned_net {msg.learned_net or '-'}", f"  {len(msg.history)} history blobs"]
+        lines += [f"    {i}: {_shape_text(blob_shape(b))}" for i, b in enumerate(msg.history)]
+        return lines
+    if kind == "blob":
+        arr = blob_to_array(msg)
+        line = f"{path}: blob {_shape_text(arr.shape)}"
+        if arr.ndim == 4 and arr.size:
+            line += ", per-channel mean " + " ".join(f"{v:.6g}" for v in arr.mean(axis=(0, 2, 3)))
+        return [line]
+    raise AssertionError(kind)
+
+
+def upgrade_loaded(kind, msg, path, input_fields_to_layer=False):
+    """Upgrade a message from load_any in place; returns (steps done, problem lines)."""
+    if kind in ("net", "caffemodel"):
+        steps = [label for label, needed in (
+            ("V0 layers -> V1", upgrade_rules.needs_v0_upgrade(msg)),
+            ("data transformation fields -> transform_param", upgrade_rules.needs_data_upgrade(msg)),
+            ("V1 layers -> layer", upgrade_rules.needs_v1_upgrade(msg)),
+            ("input fields -> Input layer", input_fields_to_layer and upgrade_rules.needs_input_upgrade(msg)),
+            ("BatchNorm params dropped", upgrade_rules.needs_batchnorm_upgrade(msg)),
+        ) if needed]
+        problems = upgrade_rules.upgrade_net(msg, source=path, input_fields_to_layer=input_fields_to_layer)
+        return steps, problems
+    if kind == "solver":
+        return (["solver_type -> type"] if upgrade_rules.upgrade_solver(msg, source=path) else []), []
+    raise ProtonetError(f"{path}: a {kind} file has no older form to upgrade")
+
+
+@click.command("inspect")
+@click.argument("file", type=click.Path(dir_okay=False))
+def inspect_command(file):
+    """Print what FILE holds: layers (name, type, bottoms -> tops) of a net prototxt, layers and blob
+    shapes of a .caffemodel, a solver, label map, solverstate or binaryproto blob.
+
+    Nets and caffemodels are shown upgraded to the current form, as Caffe would load them."""
+    kind, msg, _ = load_any(file)
+    if kind in ("net", "caffemodel", "solver"):
+        upgrade_loaded(kind, msg, file)
+    click.echo("\n".join(_describe(kind, msg, file)))
+
+
+@click.command("upgrade")
+@click.argument("src", metavar="IN", type=click.Path(dir_okay=False))
+@click.argument("dst", metavar="OUT", type=click.Path(dir_okay=False))
+@click.option("--input-layer", is_flag=True,
+              help="Also turn `input`/`input_dim`/`input_shape` into an Input layer, as Caffe's tool does.")
+def upgrade_command(src, dst, input_layer):
+    """Write IN, a net prototxt, caffemodel or solver in an old form (V0, V1 `layers`, `solver_type`),
+    upgraded to the current form as OUT, in the same form (text stays text, binary stays binary).
+
+    Exit status 1 when some old parameter had no place in the new form (listed on stderr)."""
+    kind, msg, form = load_any(src)
+    steps, problems = upgrade_loaded(kind, msg, src, input_fields_to_layer=input_layer)
+    if form == "text":
+        atomic_write(dst, text_format.MessageToString(msg).encode("utf-8"))
+    else:
+        atomic_write(dst, msg.SerializeToString())
+    for step in steps:
+        click.echo(f"{src}: upgraded {step}")
+    if not steps:
+        click.echo(f"{src}: already in the latest format; written unchanged")
+    click.echo(f"wrote {'text' if form == 'text' else 'binary'} {kind} {dst}")
+    for line in problems:
+        click.echo(f"protonet: warning: {line}", err=True)
+    if problems:
+        sys.exit(1)

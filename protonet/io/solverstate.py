@@ -1,0 +1,46 @@
+""".solverstate files: a binary SolverState (iteration, lr step, the update history blobs and the
+name of the .caffemodel written with it), as Caffe's solvers snapshot them."""
+import os
+
+from protonet import caffe_pb2
+from protonet.io.blobs import array_to_blob, blob_field_pieces, blob_to_array, serialize_around
+from protonet.io.prototxt import atomic_open, read_binary_proto
+
+_HISTORY = 3  # SolverState.history
+
+
+def read_solverstate(path):
+    return read_binary_proto(os.fspath(path), caffe_pb2.SolverState)
+
+
+def solverstate_history_arrays(state):
+    """The history blobs as float arrays, in the solver's learnable-parameter order."""
+    return [blob_to_array(b) for b in state.history]
+
+
+def make_solverstate(iteration, learned_net="", current_step=0, history=()):
+    """A SolverState with Caffe's fields; `history` (arrays/tensors) goes in as blobs."""
+    state = caffe_pb2.SolverState(iter=int(iteration), current_step=int(current_step))
+    if learned_net:
+        state.learned_net = os.fspath(learned_net)
+    for arr in history:
+        array_to_blob(arr, blob=state.history.add())
+    return state
+
+
+def write_solverstate(state, path, history=None):
+    """Write a SolverState at `path` atomically.
+
+    `history` (optional): arrays or tensors streamed in as the history blobs (replacing any in
+    `state`), without copying them into protobuf messages.
+    """
+    with atomic_open(path) as fh:
+        if history is None:
+            fh.write(state.SerializeToString())
+            return
+        before, after = serialize_around(state, _HISTORY)
+        pieces, _ = blob_field_pieces(_HISTORY, history)
+        fh.write(before)
+        for piece in pieces:
+            fh.write(piece)
+        fh.write(after)
