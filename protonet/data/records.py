@@ -122,6 +122,13 @@ def decode_record(key, value, annotated, color_mode=None):
 _ENVS = {}
 
 
+def close_lmdb_handles():
+    """Close this process's LMDB handles (before forking workers: a child must open its own,
+    and py-lmdb refuses a second handle on a path it believes open)."""
+    for token in [t for t in _ENVS if t[1] == os.getpid()]:
+        _ENVS.pop(token).close()
+
+
 class LmdbReader:
     """Read-only access to an LMDB: keys in Caffe's (sorted) order, values by index."""
 
