@@ -597,3 +597,415 @@ class MultiBoxLoss(Layer):
         else:
             raise ProtonetError(f"{self.where}: unknown normalization {mode}")
         return float(max(1.0, float(value)))
+
+
+# --------------------------------------------------------------------------------------------
+# DetectionOutput
+
+
+def _read_label_names(path, where):
+    from protonet.io.prototxt import read_prototxt
+
+    if not os.path.exists(path):
+        raise ProtonetError(f"{where}: label map file {path} not found")
+    label_map = read_prototxt(path, caffe_pb2.LabelMap)
+    names, display = {}, {}
+    for item in label_map.item:
+        if item.label in names:
+            raise ProtonetError(f"{path}: label {item.label} appears twice")
+        names[item.label] = item.name
+        display[item.label] = item.display_name
+    return names, display
+
+
+def _read_name_sizes(path, where):
+    if not os.path.exists(path):
+        raise ProtonetError(f"{where}: name size file {path} not found")
+    names, sizes = [], []
+    with open(path) as f:
+        tokens = f.read().split()
+    for i in range(0, len(tokens) - 2, 3):
+        try:
+            h, w = int(tokens[i + 1]), int(tokens[i + 2])
+        except ValueError:
+            break
+        names.append(tokens[i])
+        sizes.append((h, w))
+    return names, sizes
+
+
+def output_box(b, size, resize_param=None):
+    """The fork's OutputBBox: a normalised box [4] (numpy) to pixels of an image (height, width)."""
+    height, width = size
+    b = np.asarray(b, dtype=np.float32)
+    if resize_param is not None and resize_param.resize_mode:
+        rp = resize_param
+        RP = caffe_pb2.ResizeParameter
+        if rp.resize_mode == RP.WARP:
+            pass
+        elif rp.resize_mode == RP.FIT_LARGE_SIZE_AND_PAD:
+            rh, rw = _f32(rp.height), _f32(rp.width)
+            aspect = _f32(_f32(width) / _f32(height))
+            if aspect > _f32(rw / rh):
+                pad = _f32((rh - rw / aspect) / 2)
+                src = np.array([0, pad / rh, 1, 1 - pad / rh], dtype=np.float32)
+            else:
+                pad = _f32((rw - rh * aspect) / 2)
+                src = np.array([pad / rw, 0, 1 - pad / rw, 1], dtype=np.float32)
+            if (b[0] >= src[2] or b[2] <= src[0] or b[1] >= src[3] or b[3] <= src[1]):
+                b = b.copy()  # no projection: the fork keeps the box as it was
+            else:
+                sw, sh = src[2] - src[0], src[3] - src[1]
+                b = np.array([(b[0] - src[0]) / sw, (b[1] - src[1]) / sh,
+                              (b[2] - src[0]) / sw, (b[3] - src[1]) / sh], dtype=np.float32)
+                b = np.clip(b, 0, 1)
+        elif rp.resize_mode == RP.FIT_SMALL_SIZE:
+            if rp.height_scale and rp.width_scale:
+                b = b * np.array([rp.width_scale, rp.height_scale] * 2, dtype=np.float32)
+                return np.clip(b, 0, np.array([width, height] * 2, dtype=np.float32))
+    b = np.clip(b, 0, 1)
+    return (b * np.array([width, height, width, height], dtype=np.float32)).astype(np.float32)
+
+
+@register("DetectionOutput")
+class DetectionOutput(Layer):
+    """Decode, per-class NMS and keep_top_k for the whole batch; top [1, 1, N_kept, 7] rows
+    [image, label, score, xmin, ymin, xmax, ymax]. With 5 bottoms (RefineDet) boxes are decoded
+    from the ARM-refined priors and priors with ARM objectness < objectness_score count as
+    background ([1, 0, 0, ...] scores)."""
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        self.check_bottoms(3, 5)
+        p = param.detection_output_param
+        self.where = f"layer {self.name} (DetectionOutput)"
+        if not p.HasField("num_classes"):
+            raise ProtonetError(f"{self.where}: must specify num_classes")
+        self.p = p
+        self.num_classes = int(p.num_classes)
+        self.share_location = p.share_location
+        self.loc_classes = 1 if p.share_location else self.num_classes
+        self.background = int(p.background_label_id)
+        self.keep_top_k = int(p.keep_top_k)
+        self.confidence_threshold = float(p.confidence_threshold) if p.HasField("confidence_threshold") else -FLT_MAX
+        self.nms_threshold = float(p.nms_param.nms_threshold)
+        if self.nms_threshold < 0:
+            raise ProtonetError(f"{self.where}: nms_threshold must be non negative")
+        self.eta = float(p.nms_param.eta)
+        if not (0 < self.eta <= 1):
+            raise ProtonetError(f"{self.where}: eta must be in (0, 1]")
+        self.top_k = int(p.nms_param.top_k) if p.nms_param.HasField("top_k") else -1
+        self.objectness_score = float(p.objectness_score)
+        loc_s, conf_s, prior_s = self.bottom_shapes[:3]
+        self.num_priors = prior_s[-1] // 4 if len(prior_s) == 3 else _count(prior_s) // 8
+        P = self.num_priors
+        if _count(loc_s) != P * self.loc_classes * 4:
+            raise ShapeError(f"{self.where}: loc has {_count(loc_s)} values per image, expected "
+                             f"{P * self.loc_classes * 4} for {P} priors")
+        if _count(conf_s) != P * self.num_classes:
+            raise ShapeError(f"{self.where}: conf has {_count(conf_s)} values per image, expected "
+                             f"{P * self.num_classes} for {P} priors")
+        if loc_s[0] != conf_s[0]:
+            raise ShapeError(f"{self.where}: loc and conf have different batch sizes")
+        if len(self.bottom_shapes) >= 4 and _count(self.bottom_shapes[3]) != P * 2:
+            raise ShapeError(f"{self.where}: arm_conf must have {P * 2} values per image")
+        if len(self.bottom_shapes) == 5 and _count(self.bottom_shapes[4]) != P * 4:
+            raise ShapeError(f"{self.where}: arm_loc must have {P * 4} values per image")
+        if p.visualize:
+            raise ProtonetError(f"{self.where}: visualize is not supported (use `protonet detect`)")
+        self._setup_saving(p.save_output_param)
+        self.top_shapes = [(1, 1, 1, 7)]
+
+    # -- result files ---------------------------------------------------------------------
+    def _setup_saving(self, sp):
+        self.output_directory = sp.output_directory
+        self.need_save = bool(sp.output_directory)
+        self.output_format = sp.output_format
+        self.output_name_prefix = sp.output_name_prefix
+        self.label_to_name = {}
+        self.names, self.sizes = [], []
+        self.num_test_image = 0
+        if sp.HasField("label_map_file") and sp.label_map_file:
+            self.label_to_name, _ = _read_label_names(sp.label_map_file, self.where)
+        else:
+            self.need_save = False
+        if sp.HasField("name_size_file") and sp.name_size_file:
+            self.names, self.sizes = _read_name_sizes(sp.name_size_file, self.where)
+            self.num_test_image = sp.num_test_image if sp.HasField("num_test_image") else len(self.names)
+            if self.num_test_image > len(self.names):
+                raise ProtonetError(f"{self.where}: num_test_image {self.num_test_image} exceeds the "
+                                    f"{len(self.names)} names in {sp.name_size_file}")
+        else:
+            self.need_save = False
+        if self.need_save and self.num_test_image == 0:
+            self.need_save = False
+        if self.need_save and self.output_format not in ("VOC", "COCO", "ILSVRC"):
+            raise ProtonetError(f"{self.where}: unknown output_format '{self.output_format}'")
+        self.resize_param = sp.resize_param if sp.HasField("resize_param") else None
+        if self.need_save:
+            os.makedirs(self.output_directory, exist_ok=True)
+        self.name_count = 0
+        self.saved = []  # (image name, label, score, [xmin, ymin, xmax, ymax] pixels rounded)
+
+    def _save(self, rows):
+        """Accumulate one batch; write the files when num_test_image images are done."""
+        if self.name_count % self.num_test_image == 0 and self.output_format == "VOC":
+            for label, name in self.label_to_name.items():
+                if label != self.background:
+                    open(os.path.join(self.output_directory, self.output_name_prefix + name + ".txt"), "w").close()
+        by_image = {}
+        for r in rows:
+            if r[1] == -1:
+                continue
+            by_image.setdefault(int(r[0]), []).append(r)
+        num = self._batch_size
+        for i in range(num):
+            if self.name_count >= len(self.names):
+                raise ProtonetError(f"{self.where}: more images than names in the name size file")
+            for r in by_image.get(i, []):
+                label = int(r[1])
+                if label not in self.label_to_name:
+                    raise ProtonetError(f"{self.where}: cannot find label {label} in the label map")
+                b = output_box(r[3:7], self.sizes[self.name_count], self.resize_param)
+                b = [float(np.round(v * 100) / 100.0) for v in b.astype(np.float64)]
+                xywh = [b[0], b[1], round((b[2] - b[0]) * 100) / 100.0, round((b[3] - b[1]) * 100) / 100.0]
+                self.saved.append((self.names[self.name_count], label, float(r[2]), xywh))
+            self.name_count += 1
+            if self.name_count % self.num_test_image == 0:
+                self._write_files()
+                self.name_count = 0
+                self.saved = []
+
+    def _write_files(self):
+        d, prefix = self.output_directory, self.output_name_prefix
+        if self.output_format == "VOC":
+            files = {}
+            for c in range(self.num_classes):
+                if c == self.background:
+                    continue
+                name = self.label_to_name.get(c)
+                if name is None:
+                    raise ProtonetError(f"{self.where}: cannot find label {c} in the label map")
+                files[c] = open(os.path.join(d, prefix + name + ".txt"), "w")
+            try:
+                for image, label, score, (x, y, w, h) in self.saved:
+                    if label not in files:
+                        continue
+                    xi, yi, wi, hi = int(x), int(y), int(w), int(h)
+                    files[label].write(f"{image} {score:g} {xi} {yi} {xi + wi} {yi + hi}\n")
+            finally:
+                for f in files.values():
+                    f.close()
+        elif self.output_format == "COCO":
+            dets = []
+            for image, label, score, bbox in self.saved:
+                name = self.label_to_name[label]
+                dets.append({"image_id": _json_scalar(image), "category_id": _json_scalar(name),
+                             "bbox": [float(_f32(v)) for v in bbox], "score": float(_f32(score))})
+            with open(os.path.join(d, prefix + ".json"), "w") as f:
+                json.dump(dets, f, indent=4)
+                f.write("\n")
+        else:  # ILSVRC
+            with open(os.path.join(d, prefix + ".txt"), "w") as f:
+                for image, label, score, (x, y, w, h) in self.saved:
+                    xi, yi, wi, hi = int(x), int(y), int(w), int(h)
+                    f.write(f"{image} {label} {score:g} {xi} {yi} {xi + wi} {yi + hi}\n")
+
+    # -- forward ----------------------------------------------------------------------------
+    def forward(self, loc, conf, prior, arm_conf=None, arm_loc=None):
+        with torch.no_grad():
+            out = self.detect(loc, conf, prior, arm_conf, arm_loc)
+        if self.need_save:
+            self._batch_size = loc.shape[0]
+            self._save(out[0, 0].cpu().numpy())
+        return out
+
+    def detect(self, loc, conf, prior, arm_conf=None, arm_loc=None):
+        p = self.p
+        N, P, C, Lc = loc.shape[0], self.num_priors, self.num_classes, self.loc_classes
+        dev = loc.device
+        priors, variances = split_priors(prior, P)
+        priors, variances = priors.to(loc.dtype), variances.to(loc.dtype)
+        if arm_loc is not None:
+            base = box.decode(arm_loc.reshape(N, P, 4).to(loc.dtype), priors, variances,
+                              p.code_type, p.variance_encoded_in_target)[:, :, None]
+        else:
+            base = priors[:, None]
+        boxes = box.decode(loc.reshape(N, P, Lc, 4), base, variances[:, None], p.code_type,
+                           p.variance_encoded_in_target)  # [N, P, Lc, 4]
+        scores = conf.reshape(N, P, C)
+        if arm_conf is not None:
+            # RefineDet: priors the ARM finds empty get the scores [1, 0, 0, ...].
+            empty = arm_conf.reshape(N, P, 2)[..., 1] < self.objectness_score
+            fake = torch.zeros(C, dtype=scores.dtype, device=dev)
+            fake[0] = 1
+            scores = torch.where(empty[..., None], fake, scores)
+        classes = [c for c in range(C) if c != self.background]
+        if not classes:
+            return self._empty(N, loc)
+        cls = torch.tensor(classes, device=dev)
+        row_scores = scores[:, :, cls].permute(0, 2, 1).reshape(N * len(classes), P)
+        if self.share_location:
+            row_boxes = boxes[:, None, :, 0].expand(N, len(classes), P, 4)
+        else:
+            row_boxes = boxes[:, :, cls].permute(0, 2, 1, 3)
+        row_boxes = row_boxes.reshape(N * len(classes), P, 4)
+        order, keep = box.nms(row_boxes, row_scores, self.confidence_threshold, self.nms_threshold,
+                              self.eta, self.top_k)
+        K = order.shape[1]
+        keep = keep.view(N, len(classes), K)
+        order = order.view(N, len(classes), K)
+        kept_scores = torch.gather(row_scores.view(N, len(classes), P), 2, order)
+        if self.keep_top_k > -1:
+            count = keep.view(N, -1).sum(dim=1)
+            flat = torch.where(keep, kept_scores, torch.full_like(kept_scores, float("-inf"))).view(N, -1)
+            k = min(self.keep_top_k, flat.shape[1])
+            if k > 0:
+                top = box.stable_topk_desc(flat, k, dim=1)
+                chosen = torch.zeros_like(keep.view(N, -1))
+                chosen.scatter_(1, top, True)
+                chosen &= keep.view(N, -1)
+            else:
+                chosen = torch.zeros_like(keep.view(N, -1))
+            # Only images with more than keep_top_k detections are truncated.
+            keep = torch.where((count > self.keep_top_k)[:, None], chosen, keep.view(N, -1)).view(keep.shape)
+        n, ci, k = keep.nonzero(as_tuple=True)
+        if n.numel() == 0:
+            return self._empty(N, loc)
+        j = order[n, ci, k]
+        lab = cls[ci]
+        loc_cls = torch.zeros_like(lab) if self.share_location else lab
+        rows = torch.cat([n[:, None].to(loc.dtype), lab[:, None].to(loc.dtype),
+                          kept_scores[n, ci, k][:, None].to(loc.dtype), boxes[n, j, loc_cls]], dim=1)
+        return rows.view(1, 1, -1, 7)
+
+    def _empty(self, num, like):
+        out = like.new_full((num, 7), -1.0)
+        out[:, 0] = torch.arange(num, dtype=like.dtype, device=like.device)
+        return out.view(1, 1, num, 7)
+
+
+def _json_scalar(text):
+    """The fork writes names that look like numbers as JSON numbers."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+# --------------------------------------------------------------------------------------------
+# DetectionEvaluate
+
+
+@register("DetectionEvaluate")
+class DetectionEvaluate(Layer):
+    """True/false positives of detections [1,1,D,7] against ground truth [1,1,G,8].
+
+    Top rows: first one per class [-1, label, num_pos, -1, -1], then per detection
+    [image, label, score, tp, fp], images and labels ascending, scores descending."""
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        self.check_bottoms(2)
+        p = param.detection_evaluate_param
+        self.where = f"layer {self.name} (DetectionEvaluate)"
+        if not p.HasField("num_classes"):
+            raise ProtonetError(f"{self.where}: must provide num_classes")
+        self.num_classes = int(p.num_classes)
+        self.background = int(p.background_label_id)
+        self.overlap_threshold = _f32(p.overlap_threshold)
+        if not self.overlap_threshold > 0:
+            raise ProtonetError(f"{self.where}: overlap_threshold must be positive")
+        self.evaluate_difficult_gt = p.evaluate_difficult_gt
+        self.sizes = []
+        if p.HasField("name_size_file"):
+            _, self.sizes = _read_name_sizes(p.name_size_file, self.where)
+        self.resize_param = p.resize_param if p.HasField("resize_param") else None
+        self.count = 0
+        det_s, gt_s = self.bottom_shapes
+        if len(det_s) != 4 or det_s[0] != 1 or det_s[1] != 1 or det_s[3] != 7:
+            raise ShapeError(f"{self.where}: detections must be [1, 1, D, 7], got {det_s}")
+        if len(gt_s) != 4 or gt_s[0] != 1 or gt_s[1] != 1 or gt_s[3] != 8:
+            raise ShapeError(f"{self.where}: ground truth must be [1, 1, G, 8], got {gt_s}")
+        num_pos_classes = self.num_classes if self.background == -1 else self.num_classes - 1
+        self.top_shapes = [(1, 1, num_pos_classes, 5)]
+
+    def forward(self, det, gt):
+        rows = self.evaluate(det.detach().cpu().numpy().reshape(-1, 7).astype(np.float32),
+                             gt.detach().cpu().numpy().reshape(-1, 8).astype(np.float32))
+        return torch.from_numpy(rows).to(device=det.device, dtype=det.dtype).view(1, 1, -1, 5)
+
+    def evaluate(self, det, gt):
+        normalized = len(self.sizes) == 0
+        # Ground truth: all of it (difficult too), stopping at the first item -1 row.
+        gts = {}
+        for r in gt:
+            item = int(r[0])
+            if item == -1:
+                break
+            label = int(r[1])
+            if self.num_classes == 2 and label >= 2:
+                label = 1
+            if label == self.background:
+                raise ProtonetError(f"{self.where}: found background label in the ground truth")
+            gts.setdefault(item, {}).setdefault(label, []).append((r[3:7].copy(), bool(r[7])))
+        dets = {}
+        for r in det:
+            item = int(r[0])
+            if item == -1:
+                continue
+            label = int(r[1])
+            if label == self.background:
+                raise ProtonetError(f"{self.where}: found background label in the detections")
+            dets.setdefault(item, {}).setdefault(label, []).append((float(r[2]), r[3:7].copy()))
+        out = []
+        num_pos = {}
+        for item in gts.values():
+            for label, boxes in item.items():
+                n = len(boxes) if self.evaluate_difficult_gt else sum(1 for _, d in boxes if not d)
+                num_pos[label] = num_pos.get(label, 0) + n
+        for c in range(self.num_classes):
+            if c == self.background:
+                continue
+            out.append([-1, c, num_pos.get(c, 0), -1, -1])
+        for image in sorted(dets):
+            labels = dets[image]
+            for label in sorted(labels):
+                if label == -1:
+                    continue
+                found = sorted(labels[label], key=lambda t: -t[0])  # stable: ties keep their order
+                gt_here = gts.get(image, {}).get(label)
+                if gt_here is None:
+                    out.extend([image, label, s, 0, 1] for s, _ in found)
+                    continue
+                g_boxes = np.stack([b for b, _ in gt_here])
+                g_diff = [d for _, d in gt_here]
+                if not normalized:
+                    size = self.sizes[self.count]
+                    g_boxes = np.stack([output_box(b, size, self.resize_param) for b in g_boxes])
+                visited = [False] * len(gt_here)
+                for s, b in found:
+                    if not normalized:
+                        b = output_box(b, size, self.resize_param)
+                    ov = box.iou(torch.from_numpy(b[None]), torch.from_numpy(g_boxes), normalized)[0].numpy()
+                    jmax = int(np.argmax(ov)) if len(ov) else -1
+                    if ov[jmax] >= self.overlap_threshold:
+                        if self.evaluate_difficult_gt or not g_diff[jmax]:
+                            if not visited[jmax]:
+                                out.append([image, label, s, 1, 0])
+                                visited[jmax] = True
+                            else:
+                                out.append([image, label, s, 0, 1])
+                        else:
+                            out.append([image, label, s, 0, 0])  # matched a difficult gt: ignored
+                    else:
+                        out.append([image, label, s, 0, 1])
+            if self.sizes:
+                self.count += 1
+                if self.count == len(self.sizes):
+                    self.count = 0
+        return np.array(out, dtype=np.float32).reshape(-1, 5)
