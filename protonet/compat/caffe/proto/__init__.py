@@ -1,0 +1,1 @@
+"""`caffe.proto`: holds `caffe_pb2`."""

@@ -1,0 +1,215 @@
+"""`protonet gen SCRIPT`: run a NetSpec script the way Caffe users ran theirs, from Caffe's root.
+
+The script runs with the current directory set to `--root` (Caffe's root; default: here),
+so its relative paths (`models/...`, `jobs/...`, `data/...`, `examples/...`) land where they
+did under Caffe. Caffe's own scripts run unchanged: `import caffe`, `from caffe import layers
+as L, params as P`, `from caffe.proto import caffe_pb2` and `from caffe.model_libs import *`
+resolve to protonet (RefineDet's model_libs when the script calls CreateRefineDetHead, the SSD
+fork's otherwise; `--flavor` decides), and Python 2's `xrange` is there.
+
+What gen changes about running a script:
+* Jobs are not started by the script. A script that launches its job (`run_soon = True`:
+  `subprocess.call(job_file, shell=True)`) has the launch held back; `--run` starts it (and the
+  job scripts protonet's examples write) once the script has finished.
+* A job script that the script writes with Caffe's `./build/tools/caffe train ...` is rewritten
+  to `protonet train ...` (same flags), so the job trains with protonet.
+* Missing data or weights (a `check_if_exist` that fails, or protonet's examples'
+  `jobs.check_inputs`) are warnings: the prototxts are still written, so nets can be generated
+  on a machine without the data. `--run` refuses to start a job while inputs are missing.
+"""
+import builtins
+import os
+import re
+import subprocess
+import sys
+import traceback
+
+import click
+
+from protonet.errors import ProtonetError
+from protonet.spec import jobs
+
+_CAFFE_TOOL = re.compile(r"^(\s*)(?:\S*/)?build/tools/caffe(?:\.bin)?(?=\s)", re.MULTILINE)
+_CALLS_REFINEDET_HEAD = re.compile(r"\bCreateRefineDetHead\s*\(")
+
+
+def detect_flavor(source):
+    """The model_libs flavour a script needs: RefineDet's when it calls CreateRefineDetHead."""
+    return "refinedet" if _CALLS_REFINEDET_HEAD.search(source) else "ssd"
+
+
+class _HeldLaunches:
+    """Stands in for subprocess.call & co. while a script runs: records the command instead."""
+
+    def __init__(self):
+        self.commands = []
+
+    def hold(self, *args, **kwargs):
+        command = args[0] if args else kwargs.get("args")
+        self.commands.append(command if isinstance(command, str) else " ".join(map(str, command)))
+        return 0
+
+    def popen(self, *args, **kwargs):
+        self.hold(*args, **kwargs)
+        return subprocess.Popen(["true"])  # a finished process, so wait()/communicate() work
+
+    def run(self, *args, **kwargs):
+        self.hold(*args, **kwargs)
+        return subprocess.CompletedProcess(args[0] if args else kwargs.get("args"), 0, b"", b"")
+
+
+class _WriteRecorder:
+    """`open` for the script: the builtin one, noting every path opened for writing."""
+
+    def __init__(self):
+        self.paths = []
+
+    def __call__(self, file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, bytes, os.PathLike)) and any(flag in mode for flag in "wax+"):
+            path = os.path.abspath(os.fsdecode(file))
+            if path not in self.paths:
+                self.paths.append(path)
+        return builtins.open(file, mode, *args, **kwargs)
+
+
+def _script_error(script, exc):
+    """One line naming the script line where an exception left the script's own code."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.abspath(f.filename) == script]
+    where = f"{script}:{frames[-1].lineno}" if frames else script
+    message = str(exc) if isinstance(exc, ProtonetError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, KeyError) and exc.args:
+        message = f"KeyError: {exc.args[0]}"
+    return ProtonetError(f"{where}: {message}")
+
+
+def _rewrite_caffe_jobs(paths, echo):
+    """Job scripts that call Caffe's tool call `protonet` instead (same subcommand and flags)."""
+    rewritten = []
+    for path in paths:
+        if not path.endswith(".sh") or not os.path.isfile(path):
+            continue
+        with open(path) as fh:
+            text = fh.read()
+        new_text = _CAFFE_TOOL.sub(r"\1protonet", text)
+        if new_text != text:
+            mode = os.stat(path).st_mode
+            with open(path, "w") as fh:
+                fh.write(new_text)
+            os.chmod(path, mode)
+            rewritten.append(path)
+            echo(f"protonet gen: {path}: calls `protonet` in place of Caffe's build/tools/caffe")
+    return rewritten
+
+
+def run_script(script, root=None, flavor=None, echo=None):
+    """Run a NetSpec script from `root` (default: the current directory).
+
+    Returns a dict: flavor, written (absolute paths the script opened for writing),
+    launches (commands held back), jobs (job scripts written through protonet.spec.jobs),
+    missing (input paths that do not exist)."""
+    from protonet.compat import caffe_modules, missing_paths
+
+    echo = echo or (lambda line: click.echo(line, err=True))
+    script = os.path.abspath(script)
+    root = os.path.abspath(root or os.getcwd())
+    if not os.path.isfile(script):
+        raise ProtonetError(f"{script}: no such script")
+    if not os.path.isdir(root):
+        raise ProtonetError(f"{root}: root is not a directory")
+    with builtins.open(script, encoding="utf-8") as fh:
+        source = fh.read()
+    flavor = flavor or detect_flavor(source)
+    try:
+        code = compile(source, script, "exec")
+    except SyntaxError as exc:
+        hint = " (a Python 2 print statement? protonet runs scripts as Python 3)" if "print" in (exc.text or "") else ""
+        raise ProtonetError(f"{script}:{exc.lineno}:{exc.offset or 0}: {exc.msg}{hint}") from None
+
+    held = _HeldLaunches()
+    writes = _WriteRecorder()
+    namespace = {"__name__": "__main__", "__file__": script, "__builtins__": builtins,
+                 "open": writes, "xrange": range}
+    patched = {(subprocess, "call"): held.hold, (subprocess, "check_call"): held.hold,
+               (subprocess, "Popen"): held.popen, (subprocess, "run"): held.run, (os, "system"): held.hold}
+    saved = {key: getattr(*key) for key in patched}
+    saved_cwd, saved_path, saved_argv = os.getcwd(), list(sys.path), list(sys.argv)
+    jobs.reset()
+    try:
+        with caffe_modules(flavor):
+            os.chdir(root)
+            sys.argv = [script]
+            sys.path.insert(0, os.path.dirname(script))
+            for (owner, name), replacement in patched.items():
+                setattr(owner, name, replacement)
+            try:
+                exec(code, namespace)
+            except SystemExit as exc:
+                if exc.code not in (None, 0):
+                    raise ProtonetError(f"{script}: exited with status {exc.code}") from None
+            except Exception as exc:  # the user's script: report where it failed, in one line
+                raise _script_error(script, exc) from exc
+            missing = list(dict.fromkeys(missing_paths + jobs.missing_inputs))
+    finally:
+        for (owner, name), original in saved.items():
+            setattr(owner, name, original)
+        os.chdir(saved_cwd)
+        sys.path[:] = saved_path
+        sys.argv[:] = saved_argv
+
+    _rewrite_caffe_jobs(writes.paths, echo)
+    return {"flavor": flavor, "written": writes.paths, "launches": held.commands,
+            "jobs": list(jobs.job_scripts), "missing": missing, "root": root}
+
+
+def _start_jobs(result, echo):
+    root = result["root"]
+    commands = list(result["launches"])
+    for job in result["jobs"]:
+        if not any(os.path.abspath(os.path.join(root, c)) == job for c in commands):
+            commands.append(job)
+    if not commands:
+        raise ProtonetError("--run: the script wrote no job script to start")
+    if result["missing"]:
+        raise ProtonetError("--run: not starting the job, missing: " + ", ".join(result["missing"]))
+    env = dict(os.environ)
+    # The job script calls `protonet`: make it this installation's.
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    for command in commands:
+        echo(f"protonet gen: starting {command}")
+        status = subprocess.call(command, shell=True, cwd=root, env=env)
+        if status != 0:
+            raise ProtonetError(f"job {command} exited with status {status}")
+
+
+@click.command("gen")
+@click.argument("script", type=click.Path(dir_okay=False))
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Caffe's root: the script runs from here and its relative paths start here "
+                   "(default: the current directory).")
+@click.option("--run", is_flag=True, help="Start the job script once the files are written.")
+@click.option("--flavor", type=click.Choice(["ssd", "refinedet"]), default=None,
+              help="model_libs of the SSD fork or of RefineDet (default: refinedet when the script "
+                   "calls CreateRefineDetHead, ssd otherwise).")
+def gen_command(script, root, run, flavor):
+    """Run a NetSpec SCRIPT (a protonet example or an unchanged Caffe script) from Caffe's root:
+    it writes train/test/deploy/solver prototxts and the job script. Missing data or weights are
+    warnings; --run starts the job."""
+
+    def echo(line):
+        click.echo(line, err=True)
+
+    # The script's own prints go where they went under Caffe; ours go to stderr.
+    result = run_script(script, root=root, flavor=flavor, echo=echo)
+    root = result["root"]
+    for path in result["missing"]:
+        echo(f"protonet gen: warning: {path} does not exist (under {root}); "
+             f"the job needs it before it can run")
+    for path in result["written"]:
+        echo(f"protonet gen: wrote {os.path.relpath(path, root)}")
+    if run:
+        _start_jobs(result, echo)
+    else:
+        pending = result["launches"] or [os.path.relpath(p, root) for p in result["jobs"]]
+        for command in pending:
+            echo(f"protonet gen: job not started: {command} (use --run, or run it from {root})")
+
