@@ -1,0 +1,175 @@
+""".caffemodel: Caffe's own file reads, writes are identical on reading back (and byte-identical to
+Caffe's), written files load in OpenCV and compute what a torch reference computes."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from protonet import caffe_pb2
+from protonet.io import (
+    array_to_blob,
+    blob_to_array,
+    caffemodel_arrays,
+    read_binary_proto,
+    read_caffemodel,
+    write_caffemodel,
+    write_prototxt,
+)
+
+
+def _golden_params(fixtures):
+    ref = np.load(fixtures / "io" / "tiny_ssd_params.npz")
+    out = {}
+    for key in ref.files:
+        layer, index = key.rsplit("/", 1)
+        out.setdefault(layer, {})[int(index)] = ref[key]
+    return {layer: [blobs[i] for i in sorted(blobs)] for layer, blobs in out.items()}
+
+
+def test_golden_caffemodel_from_caffe_reads_with_its_blobs(fixtures):
+    net = read_caffemodel(fixtures / "io" / "tiny_ssd.caffemodel")
+    arrays = caffemodel_arrays(net)
+    golden = _golden_params(fixtures)
+    assert list(arrays) == list(golden)  # same layers with blobs, in Caffe's order
+    for layer, blobs in golden.items():
+        assert len(arrays[layer]) == len(blobs)
+        for got, want in zip(arrays[layer], blobs):
+            assert got.dtype == np.float32 and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+    assert [b.shape for b in arrays["conv2_bn"]] == [(16,), (16,), (1,)]
+
+
+def test_write_then_read_gives_identical_blobs(fixtures, tmp_path):
+    net = read_caffemodel(fixtures / "io" / "tiny_ssd.caffemodel")
+    write_caffemodel(net, tmp_path / "copy.caffemodel")
+    again = read_caffemodel(tmp_path / "copy.caffemodel")
+    assert again == net
+    for layer, blobs in caffemodel_arrays(net).items():
+        for got, want in zip(caffemodel_arrays(again)[layer], blobs):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_streamed_write_is_byte_identical_to_caffes_file(fixtures, tmp_path):
+    src = fixtures / "io" / "tiny_ssd.caffemodel"
+    raw = read_binary_proto(src, caffe_pb2.NetParameter)  # not upgraded: exactly what Caffe wrote
+    arrays = caffemodel_arrays(raw)
+    bare = caffe_pb2.NetParameter()
+    bare.CopyFrom(raw)
+    for layer in bare.layer:
+        del layer.blobs[:]
+    write_caffemodel(bare, tmp_path / "streamed.caffemodel",
+                     blobs={k: [torch.from_numpy(a) for a in v] for k, v in arrays.items()})
+    assert (tmp_path / "streamed.caffemodel").read_bytes() == src.read_bytes()
+
+
+def test_random_blobs_round_trip_exactly(tmp_path):
+    rng = np.random.default_rng(3)
+    shapes = {"conv": [(7, 3, 3, 3), (7,)], "ip": [(10, 63)], "scalar": [(1,)], "empty": [(0,)]}
+    arrays = {k: [rng.standard_normal(s).astype(np.float32) for s in v] for k, v in shapes.items()}
+    arrays["conv"][0][0, 0, 0, 0] = np.float32(np.nextafter(np.float32(1), np.float32(2)))
+    arrays["ip"][0][0, 0] = -0.0
+    net = caffe_pb2.NetParameter(name="r")
+    for name in shapes:
+        net.layer.add(name=name, type="Convolution", bottom=["x"], top=[name])
+    write_caffemodel(net, tmp_path / "s.caffemodel", blobs=arrays)
+    full = caffe_pb2.NetParameter()
+    full.CopyFrom(net)
+    for layer in full.layer:
+        for arr in arrays[layer.name]:
+            array_to_blob(arr, blob=layer.blobs.add())
+    write_caffemodel(full, tmp_path / "m.caffemodel")
+    assert (tmp_path / "s.caffemodel").read_bytes() == (tmp_path / "m.caffemodel").read_bytes()
+    back = caffemodel_arrays(read_caffemodel(tmp_path / "s.caffemodel"))
+    for name in ("conv", "ip", "scalar"):
+        for got, want in zip(back[name], arrays[name]):
+            assert got.shape == want.shape
+            assert got.tobytes() == want.tobytes()  # bit-exact, -0.0 included
+
+
+def test_legacy_4d_blob_shape_wins_as_in_caffe():
+    blob = caffe_pb2.BlobProto(num=1, channels=1, height=2, width=3)
+    blob.data.extend(range(6))
+    assert blob_to_array(blob).shape == (1, 1, 2, 3)
+    blob.shape.dim.extend([6])  # Caffe's Blob::FromProto prefers the legacy fields
+    assert blob_to_array(blob).shape == (1, 1, 2, 3)
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "w.caffemodel"
+    net = caffe_pb2.NetParameter(name="n")
+    net.layer.add(name="a", type="Convolution")
+    net.layer.add(name="b", type="Convolution")
+    write_caffemodel(net, path, blobs={"a": [np.ones((2, 2), np.float32)]})
+    before = path.read_bytes()
+    with pytest.raises(ValueError):
+        write_caffemodel(net, path, blobs={"a": [np.zeros((2, 2), np.float32)], "b": [np.array(["x"])]})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["w.caffemodel"]
+
+
+SMALL_NET = """
+name: "small"
+input: "data"
+input_shape { dim: 2 dim: 3 dim: 12 dim: 12 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+  pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "ip1" type: "InnerProduct" bottom: "pool1" top: "ip1" inner_product_param { num_output: 5 } }
+layer { name: "prob" type: "Softmax" bottom: "ip1" top: "prob" }
+"""
+
+
+def test_written_caffemodel_loads_in_opencv_and_computes_the_reference(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    from protonet.io import parse_prototxt
+
+    rng = np.random.default_rng(11)
+    net = parse_prototxt(SMALL_NET, caffe_pb2.NetParameter())
+    # pool1 is 6x6: Caffe (and OpenCV) round the pooled size up, (12 - 3) / 2 -> 5 + 1
+    weights = {
+        "conv1": [rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.3,
+                  rng.standard_normal(4).astype(np.float32) * 0.1],
+        "ip1": [rng.standard_normal((5, 4 * 6 * 6)).astype(np.float32) * 0.1,
+                rng.standard_normal(5).astype(np.float32) * 0.1],
+    }
+    write_prototxt(net, tmp_path / "small.prototxt")
+    model = caffe_pb2.NetParameter()
+    model.CopyFrom(net)
+    write_caffemodel(model, tmp_path / "small.caffemodel", blobs=weights)
+
+    x = rng.standard_normal((2, 3, 12, 12)).astype(np.float32)
+    cv_net = cv2.dnn.readNetFromCaffe(str(tmp_path / "small.prototxt"), str(tmp_path / "small.caffemodel"))
+    cv_net.setInput(x)
+    got = cv_net.forward("prob")
+
+    t = torch.from_numpy(x)
+    y = torch.nn.functional.conv2d(t, torch.from_numpy(weights["conv1"][0]), torch.from_numpy(weights["conv1"][1]),
+                                   padding=1)
+    y = torch.nn.functional.max_pool2d(torch.relu(y), 3, 2, ceil_mode=True)
+    assert y.shape == (2, 4, 6, 6)
+    y = torch.nn.functional.linear(y.flatten(1), torch.from_numpy(weights["ip1"][0]), torch.from_numpy(weights["ip1"][1]))
+    want = torch.softmax(y, dim=1).numpy()
+    assert got.shape == want.shape == (2, 5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    # an unset blob would have loaded as zeros: the outputs must depend on the weights
+    assert np.ptp(got) > 0.05
+
+
+@pytest.mark.slow
+def test_vgg_sized_write_and_read(tmp_path):
+    """~138M floats (VGG16): streamed write and read back; checks size and a sample of values."""
+    rng = np.random.default_rng(0)
+    shapes = {"conv%d" % i: [(512, 512, 3, 3), (512,)] for i in range(12)}
+    shapes.update(fc6=[(4096, 25088), (4096,)], fc7=[(4096, 4096), (4096,)], fc8=[(1000, 4096), (1000,)])
+    blobs = {k: [rng.standard_normal(s, dtype=np.float32) for s in v] for k, v in shapes.items()}
+    net = caffe_pb2.NetParameter(name="vgg")
+    for name in shapes:
+        net.layer.add(name=name, type="InnerProduct")
+    write_caffemodel(net, tmp_path / "vgg.caffemodel", blobs=blobs)
+    back = caffemodel_arrays(read_caffemodel(tmp_path / "vgg.caffemodel"))
+    for name, arrays in blobs.items():
+        for got, want in zip(back[name], arrays):
+            np.testing.assert_array_equal(got, want)
