@@ -1,0 +1,155 @@
+"""Normalisation layers: BatchNorm, Scale, Bias, MVN. (Normalize lives with the detection layers.)"""
+import torch
+
+from protonet import caffe_pb2
+from protonet.errors import ProtonetError, ShapeError
+from protonet.layers.base import Layer, register
+from protonet.layers.common import canonical_axis, count
+from protonet.net.fillers import fill
+
+
+@register("BatchNorm")
+class BatchNormLayer(Layer):
+    """Caffe's BatchNorm: blobs (mean sum, variance sum, scale factor); the statistics are the blobs
+    divided by the factor. With batch statistics (TRAIN by default) the blobs are updated in place:
+    factor = maf * factor + 1, mean = maf * mean + batch_mean,
+    var = maf * var + m / (m - 1) * batch_var (m values per channel)."""
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        self.check_bottoms(1)
+        p = param.batch_norm_param
+        shape = self.bottom_shapes[0]
+        self.use_global_stats = p.use_global_stats if p.HasField("use_global_stats") else ctx.phase == caffe_pb2.TEST
+        self.maf = p.moving_average_fraction
+        self.eps = p.eps
+        self.channels = 1 if len(shape) == 1 else shape[1]
+        self.add_blob(torch.zeros(self.channels), learnable=False)
+        self.add_blob(torch.zeros(self.channels), learnable=False)
+        self.add_blob(torch.zeros(1), learnable=False)
+        self.top_shapes = [shape]
+
+    def _view(self, t, x):
+        return t.reshape((1, -1) + (1,) * (x.dim() - 2)) if x.dim() >= 2 else t
+
+    def forward(self, x):
+        mean_sum, var_sum, factor = self.blobs
+        if x.dim() >= 2 and x.shape[1] != self.channels:
+            raise ShapeError(f"layer {self.name} (BatchNorm): bottom has {x.shape[1]} channels, the layer "
+                             f"{self.channels}")
+        if self.use_global_stats:
+            inv = torch.where(factor == 0, torch.zeros_like(factor), 1.0 / factor)
+            mean = (mean_sum * inv).to(x.dtype)
+            var = (var_sum * inv).to(x.dtype)
+        else:
+            dims = [d for d in range(x.dim()) if d != 1] if x.dim() >= 2 else [0]
+            mean = x.mean(dim=dims)
+            var = (x - self._view(mean, x)).pow(2).mean(dim=dims)
+            m = x.numel() // self.channels
+            correction = m / (m - 1) if m > 1 else 1.0
+            with torch.no_grad():
+                factor.mul_(self.maf).add_(1.0)
+                mean_sum.mul_(self.maf).add_(mean.detach().to(mean_sum.dtype))
+                var_sum.mul_(self.maf).add_(var.detach().to(var_sum.dtype) * correction)
+        return (x - self._view(mean, x)) / self._view(torch.sqrt(var + self.eps), x)
+
+
+def _broadcast_shape(layer, x_shape, axis, p_shape):
+    """Shape that broadcasts a (p_shape) blob against x starting at `axis`."""
+    return (1,) * axis + tuple(p_shape) + (1,) * (len(x_shape) - axis - len(p_shape))
+
+
+class _AffineBase(Layer):
+    """Shared shape logic of Scale and Bias: the blob (or second bottom) covers
+    bottom[0].shape[axis : axis + num_axes] and broadcasts over the rest."""
+
+    def _setup(self, axis, num_axes, filler, what):
+        shape = self.bottom_shapes[0]
+        if len(self.bottom_shapes) == 2:
+            other = self.bottom_shapes[1]
+            self.axis = 0 if len(other) == 0 else canonical_axis(self, axis, len(shape))
+            if tuple(shape[self.axis:self.axis + len(other)]) != tuple(other):
+                raise ShapeError(f"layer {self.name} ({self.param.type}): bottom 1 shape {list(other)} does not "
+                                 f"match bottom 0 {list(shape)} from axis {self.axis}")
+            self.param_shape = tuple(other)
+            return None
+        if num_axes < -1:
+            raise ProtonetError(f"layer {self.name} ({self.param.type}): num_axes must be >= -1")
+        self.axis = canonical_axis(self, axis, len(shape)) if len(shape) else 0
+        end = len(shape) if num_axes == -1 else self.axis + num_axes
+        if end > len(shape):
+            raise ShapeError(f"layer {self.name} ({self.param.type}): axis {self.axis} + num_axes {num_axes} "
+                             f"exceeds the bottom's {len(shape)} axes")
+        self.param_shape = tuple(shape[self.axis:end])
+        if num_axes == 0:
+            self.axis = 0
+        return self.add_blob(fill(self.param_shape, filler, f"layer {self.name} {what}"))
+
+    def _b(self, t, x):
+        return t.reshape(_broadcast_shape(self, x.shape, self.axis, self.param_shape))
+
+
+@register("Scale")
+class ScaleLayer(_AffineBase):
+    """x * scale (+ bias). Scale comes from bottom[1] or blob 0 (filler default constant 1);
+    the bias blob comes last."""
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        self.check_bottoms(1, 2)
+        p = param.scale_param
+        filler = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(type="constant", value=1)
+        self._setup(p.axis, p.num_axes, filler, "scale")
+        self.bias_term = p.bias_term
+        if self.bias_term:
+            self.add_blob(fill(self.param_shape, p.bias_filler if p.HasField("bias_filler") else None,
+                               f"layer {self.name} bias"))
+        self.top_shapes = [self.bottom_shapes[0]]
+
+    def forward(self, x, scale=None):
+        blobs = self.blobs
+        if scale is None:
+            scale, blobs = blobs[0], blobs[1:]
+        y = x * self._b(scale, x)
+        if self.bias_term:
+            y = y + self._b(blobs[0], x)
+        return y
+
+
+@register("Bias")
+class BiasLayer(_AffineBase):
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        self.check_bottoms(1, 2)
+        p = param.bias_param
+        self._setup(p.axis, p.num_axes, p.filler if p.HasField("filler") else None, "bias")
+        self.top_shapes = [self.bottom_shapes[0]]
+
+    def forward(self, x, bias=None):
+        if bias is None:
+            bias = self.blobs[0]
+        return x + self._b(bias, x)
+
+
+@register("MVN")
+class MVNLayer(Layer):
+    """Subtract the mean (per item and channel, or per item across channels) and optionally divide by
+    sqrt(variance) + eps (eps added after the square root, as Caffe does)."""
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        self.check_bottoms(1)
+        p = param.mvn_param
+        self.normalize_variance = p.normalize_variance
+        self.across_channels = p.across_channels
+        self.eps = p.eps
+        self.top_shapes = [self.bottom_shapes[0]]
+
+    def forward(self, x):
+        lead = 1 if self.across_channels else min(2, x.dim())
+        flat = x.reshape(tuple(x.shape[:lead]) + (-1,))
+        centred = flat - flat.mean(dim=-1, keepdim=True)
+        if self.normalize_variance:
+            std = centred.pow(2).mean(dim=-1, keepdim=True).sqrt()
+            centred = centred / (std + self.eps)
+        return centred.reshape(x.shape)

@@ -1,0 +1,379 @@
+"""NetParameter -> torch.nn.Module with Caffe's numbers.
+
+Caffe's graph rules are kept: phase/stage/level filtering, in-place tops (a top with the same
+name as the bottom at the same index rebinds the name), a blob read by several layers is the
+same tensor (autograd accumulates the gradients Caffe's Split layers would sum), shapes are
+inferred when the net is built, parameters are shared by `param { name }`.
+"""
+import dataclasses
+import logging
+import math
+import os
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import nn
+
+from protonet import caffe_pb2
+from protonet.errors import ProtonetError, ShapeError
+from protonet.io.blobs import array_to_blob, blob_shape, blob_to_array
+from protonet.io.prototxt import read_prototxt
+from protonet.layers.base import NetContext, layer_class
+from protonet.io.upgrade import upgrade_net
+from protonet.net.filtering import filter_net, parse_phase
+
+log = logging.getLogger("protonet.net")
+
+
+def _shape_str(shape):
+    return " ".join(str(d) for d in shape) + f" ({math.prod(shape)})"
+
+
+@dataclasses.dataclass
+class _Step:
+    """One layer of the net as the forward pass walks it."""
+
+    name: str
+    layer: nn.Module
+    bottoms: list
+    tops: list
+    detach: list      # per bottom: propagate_down is false
+    is_input: bool
+
+
+class Net(nn.Module):
+    """A Caffe net as a torch module. See the team brief for the API; it is a contract."""
+
+    def __init__(self, net, phase=None, stages=(), level=0, weights=None, ctx=None):
+        super().__init__()
+        param, where = self._read(net)
+        if phase is None:
+            phase = ctx.phase if ctx is not None else (param.state.phase if param.state.HasField("phase")
+                                                       else caffe_pb2.TEST)
+        phase = parse_phase(phase)
+        ctx = dataclasses.replace(ctx, phase=phase) if ctx is not None else NetContext(phase=phase)
+        if ctx.root_dir is None and isinstance(net, (str, os.PathLike)):
+            # Caffe resolves relative sources against the working directory; keep that.
+            pass
+        self.ctx = ctx
+        self.phase = phase
+
+        state = caffe_pb2.NetState()
+        state.CopyFrom(param.state)
+        state.phase = phase
+        state.stage.extend(s for s in stages if s not in state.stage)
+        if level:
+            state.level = int(level)
+        self.state = state
+
+        # V0/V1 layers, old data fields, 3-param BatchNorm, and `input:` fields become an Input layer.
+        upgrade_net(param, source=where, input_fields_to_layer=True)
+        self.net_param = filter_net(param, state)
+        self.name = self.net_param.name
+        self.force_backward = bool(self.net_param.force_backward)
+
+        self.register_buffer("_device_probe", torch.zeros(()), persistent=False)
+        self.layers = OrderedDict()
+        self.blob_shapes = OrderedDict()
+        self.input_names = []
+        self.loss_weights = OrderedDict()
+        self._steps = []
+        self._owners = []          # (layer name, blob index, lr_mult, decay_mult) per owned blob, Caffe order
+        self._modules_list = nn.ModuleList()
+        self._build()
+        if weights is not None:
+            self.load_weights(weights)
+
+    # ------------------------------------------------------------------ building
+    @staticmethod
+    def _read(net):
+        if isinstance(net, caffe_pb2.NetParameter):
+            param = caffe_pb2.NetParameter()
+            param.CopyFrom(net)
+            return param, f"net {net.name or '?'}"
+        if isinstance(net, (str, os.PathLike)):
+            return read_prototxt(net, caffe_pb2.NetParameter), os.fspath(net)
+        raise ProtonetError(f"Net: expected a prototxt path or a NetParameter, got {type(net).__name__}")
+
+    def _build(self):
+        shapes = self.blob_shapes
+        available = OrderedDict()      # blobs not yet consumed: the net's outputs at the end
+        shared = {}                     # param name -> (layer name, blob index, ParamSpec of owner)
+        for lparam in self.net_param.layer:
+            name = lparam.name
+            if name in self.layers:
+                raise ProtonetError(f"layer {name}: a second layer has the same name")
+            if not lparam.HasField("phase"):
+                lparam.phase = self.phase
+            bottoms = list(lparam.bottom)
+            tops = list(lparam.top)
+            for i, b in enumerate(bottoms):
+                if b not in shapes:
+                    raise ProtonetError(f"layer {name}: unknown bottom blob '{b}' (bottom index {i})")
+            log.info("Creating Layer %s", name)
+            for b in bottoms:
+                log.info("%s <- %s", name, b)
+            cls = layer_class(lparam.type, name)
+            layer = cls(lparam, [shapes[b] for b in bottoms], self.ctx)
+            top_shapes = [tuple(int(d) for d in s) for s in layer.top_shapes]
+            if len(top_shapes) != len(tops):
+                raise ShapeError(f"layer {name} ({lparam.type}): produces {len(top_shapes)} tops, "
+                                 f"the prototxt names {len(tops)}")
+            for i, t in enumerate(tops):
+                in_place = i < len(bottoms) and bottoms[i] == t
+                if t in shapes and not in_place:
+                    raise ProtonetError(f"layer {name}: top blob '{t}' is produced by more than one layer")
+                if in_place and top_shapes[i] != shapes[t]:
+                    raise ShapeError(f"layer {name} ({lparam.type}): in-place top '{t}' would change shape "
+                                     f"{list(shapes[t])} -> {list(top_shapes[i])}")
+            for b in bottoms:
+                available.pop(b, None)
+            for t, s in zip(tops, top_shapes):
+                shapes[t] = s
+                available[t] = True
+                log.info("%s -> %s", name, t)
+                log.info("Top shape: %s", _shape_str(s))
+
+            if len(lparam.propagate_down) and len(lparam.propagate_down) != len(bottoms):
+                raise ProtonetError(f"layer {name}: propagate_down must be given once per bottom "
+                                    f"({len(bottoms)} bottoms, {len(lparam.propagate_down)} values)")
+            detach = [not p for p in lparam.propagate_down] if len(lparam.propagate_down) else [False] * len(bottoms)
+
+            weights = list(lparam.loss_weight)
+            if not weights and getattr(layer, "is_loss", False) and tops:
+                weights = [1.0]
+            if len(lparam.loss_weight) and len(lparam.loss_weight) != len(tops):
+                raise ProtonetError(f"layer {name}: loss_weight must be unspecified or given once per top")
+            for t, w in zip(tops, weights):
+                if w != 0:
+                    self.loss_weights[t] = float(w)
+                    log.info("    with loss weight %g", w)
+
+            self._attach_params(layer, lparam, shared)
+            is_input = lparam.type == "Input"
+            if is_input:
+                self.input_names.extend(tops)
+            self.layers[name] = layer
+            self._modules_list.append(layer)
+            self._steps.append(_Step(name, layer, bottoms, tops, detach, is_input))
+        self.output_names = sorted(available)
+
+    def _attach_params(self, layer, lparam, shared):
+        blobs = layer.blobs
+        name = lparam.name
+        if len(lparam.param) > len(blobs):
+            raise ProtonetError(f"layer {name}: {len(lparam.param)} param specs given but the layer has "
+                                f"{len(blobs)} blobs")
+        if lparam.type == "BatchNorm":
+            for i, spec in enumerate(lparam.param):
+                if spec.lr_mult != 0:
+                    raise ProtonetError(f"layer {name}: BatchNorm statistics cannot be learned (param {i} "
+                                        f"has lr_mult {spec.lr_mult})")
+            while len(lparam.param) < len(blobs):
+                lparam.param.add().lr_mult = 0
+        for i, tensor in enumerate(blobs):
+            spec = lparam.param[i] if i < len(lparam.param) else caffe_pb2.ParamSpec()
+            if spec.name and spec.name in shared:
+                owner_layer, owner_idx, owner_spec = shared[spec.name]
+                owner = self.layers[owner_layer].blobs[owner_idx]
+                if spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE:
+                    if owner.numel() != tensor.numel():
+                        raise ShapeError(f"layer {name}: shared param '{spec.name}' has {owner.numel()} values "
+                                         f"(layer {owner_layer}) but blob {i} needs {tensor.numel()}")
+                    if tuple(owner.shape) != tuple(tensor.shape):
+                        raise ProtonetError(f"layer {name}: sharing param '{spec.name}' between shapes "
+                                            f"{list(owner.shape)} and {list(tensor.shape)} (PERMISSIVE) "
+                                            "is not supported")
+                elif tuple(owner.shape) != tuple(tensor.shape):
+                    raise ShapeError(f"layer {name}: shared param '{spec.name}' has shape {list(owner.shape)} "
+                                     f"(layer {owner_layer}) but blob {i} has shape {list(tensor.shape)}")
+                for field in ("lr_mult", "decay_mult"):
+                    if spec.HasField(field):
+                        if owner_spec.HasField(field) and getattr(owner_spec, field) != getattr(spec, field):
+                            raise ProtonetError(f"layer {name}: shared param '{spec.name}' has {field} "
+                                                f"{getattr(spec, field)}, layer {owner_layer} gives "
+                                                f"{getattr(owner_spec, field)}")
+                        setattr(owner_spec, field, getattr(spec, field))
+                        self._set_owner_mult(owner_layer, owner_idx, owner_spec)
+                layer.register_parameter(layer._blob_names[i], owner)
+                continue
+            owner_spec = caffe_pb2.ParamSpec()
+            owner_spec.CopyFrom(spec)
+            if spec.name:
+                shared[spec.name] = (name, i, owner_spec)
+            self._owners.append([name, i, owner_spec.lr_mult, owner_spec.decay_mult])
+
+    def _set_owner_mult(self, layer_name, idx, spec):
+        for rec in self._owners:
+            if rec[0] == layer_name and rec[1] == idx:
+                rec[2], rec[3] = spec.lr_mult, spec.decay_mult
+
+    # ------------------------------------------------------------------ views
+    @property
+    def params(self):
+        """Layer name -> list of its blob tensors in Caffe's order (layers with blobs only)."""
+        return OrderedDict((n, l.blobs) for n, l in self.layers.items() if len(l.blobs))
+
+    @property
+    def learnable_params(self):
+        """(tensor, lr_mult, decay_mult) for every blob the net owns, in Caffe's order; a shared blob once.
+        Like Caffe's learnable_params this includes blobs with lr_mult 0 (BatchNorm statistics)."""
+        return [(self.layers[ln].blobs[i], lr, decay) for ln, i, lr, decay in self._owners]
+
+    @property
+    def learnable_param_names(self):
+        """'layer/index' for each entry of learnable_params."""
+        return [f"{ln}/{i}" for ln, i, _, _ in self._owners]
+
+    # ------------------------------------------------------------------ running
+    def forward(self, **inputs):
+        device = self._device_probe.device
+        dtype = self._device_probe.dtype
+        data_tops = {t for s in self._steps if getattr(s.layer, "is_data", False) for t in s.tops}
+        for key in inputs:
+            if key not in self.input_names and key not in data_tops:
+                raise ProtonetError(f"net {self.name or '?'}: '{key}' is not an input blob "
+                                    f"(inputs: {', '.join(self.input_names) or 'none'})")
+        blobs = OrderedDict()
+        for step in self._steps:
+            if step.is_input or (getattr(step.layer, "is_data", False) and all(t in inputs for t in step.tops)):
+                for t in step.tops:
+                    if t not in inputs:
+                        raise ProtonetError(f"net {self.name or '?'}: missing input blob '{t}'")
+                    blobs[t] = self._as_tensor(inputs[t], device, dtype)
+                continue
+            args = []
+            for b, cut in zip(step.bottoms, step.detach):
+                x = blobs[b]
+                args.append(x.detach() if cut else x)
+            out = step.layer(*args)
+            if out is None:
+                out = ()
+            elif isinstance(out, torch.Tensor):
+                out = (out,)
+            if len(out) != len(step.tops):
+                raise ProtonetError(f"layer {step.name}: returned {len(out)} tops, expected {len(step.tops)}")
+            for t, v in zip(step.tops, out):
+                if getattr(step.layer, "is_data", False):
+                    v = torch.as_tensor(v)
+                    v = v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+                blobs[t] = v
+        return blobs
+
+    def _as_tensor(self, value, device, dtype):
+        t = torch.as_tensor(value)
+        if t.is_floating_point():
+            t = t.to(device=device, dtype=dtype)
+            if self.force_backward and not t.requires_grad:
+                t = t.detach().requires_grad_(True)
+        else:
+            t = t.to(device=device)
+        return t
+
+    def loss(self, blobs):
+        """Sum over the loss blobs of weight * blob.sum() (Caffe's net loss)."""
+        total = None
+        for name, w in self.loss_weights.items():
+            term = blobs[name].sum() * w
+            total = term if total is None else total + term
+        if total is None:
+            return torch.zeros((), device=self._device_probe.device, dtype=self._device_probe.dtype)
+        return total
+
+    # ------------------------------------------------------------------ weights
+    def load_weights(self, source):
+        """Caffe's CopyTrainedLayersFrom: blobs copied by layer name, every shape checked.
+
+        `source` is a NetParameter, a path, a list of paths, or 'a.caffemodel,b.caffemodel'."""
+        if isinstance(source, caffe_pb2.NetParameter):
+            sources = [(source, f"net {source.name or '?'}")]
+        else:
+            paths = source.split(",") if isinstance(source, str) else (
+                [source] if isinstance(source, os.PathLike) else list(source))
+            from protonet.io.caffemodel import read_caffemodel
+
+            sources = [(read_caffemodel(p), os.fspath(p)) for p in paths]
+        copied = set()
+        for param, where in sources:
+            if len(param.layers) and not len(param.layer):
+                upgrade_net(param, source=where)
+            for src in param.layer:
+                layer = self.layers.get(src.name)
+                if layer is None:
+                    log.info("Ignoring source layer %s", src.name)
+                    continue
+                target = layer.blobs
+                if len(target) != len(src.blobs):
+                    raise ShapeError(f"{where}: layer {src.name}: the file has {len(src.blobs)} blobs, "
+                                     f"the net's layer has {len(target)}")
+                for i, (t, b) in enumerate(zip(target, src.blobs)):
+                    if not _shape_equals(b, tuple(t.shape)):
+                        raise ShapeError(f"{where}: layer {src.name} blob {i}: the file has shape "
+                                         f"{list(blob_shape(b))}, the net needs {list(t.shape)}")
+                    arr = blob_to_array(b).reshape(tuple(t.shape))
+                    with torch.no_grad():
+                        t.copy_(torch.from_numpy(np.ascontiguousarray(arr)).to(t.dtype))
+                copied.add(src.name)
+        missing = [n for n, l in self.layers.items() if len(l.blobs) and n not in copied]
+        if missing:
+            log.info("Layers not in the weights file(s), keeping their fillers: %s", ", ".join(missing))
+        return missing
+
+    def to_proto(self, with_blobs=True):
+        """The net definition (the layers this state includes) with its blobs, as Caffe's Net::ToProto."""
+        out = caffe_pb2.NetParameter()
+        if self.name:
+            out.name = self.name
+        if self.force_backward:
+            out.force_backward = True
+        out.state.CopyFrom(self.state)
+        for lparam, (name, layer) in zip(self.net_param.layer, self.layers.items()):
+            dst = out.layer.add()
+            dst.CopyFrom(lparam)
+            del dst.blobs[:]
+            if with_blobs:
+                for t in layer.blobs:
+                    blob = array_to_blob(t.detach().to("cpu", torch.float32), blob=dst.blobs.add())
+                    blob.shape.SetInParent()
+        return out
+
+    def save_weights(self, path):
+        """Write a .caffemodel (atomically) that Caffe and OpenCV read."""
+        from protonet.io.caffemodel import write_caffemodel
+
+        blobs = OrderedDict((n, [t.detach().to("cpu", torch.float32) for t in l.blobs])
+                            for n, l in self.layers.items() if len(l.blobs))
+        write_caffemodel(self.to_proto(with_blobs=False), path, blobs=blobs)
+
+    def share_weights_from(self, other):
+        """Caffe's ShareTrainedLayersWith: every layer with the same name uses `other`'s blob tensors."""
+        for name, src in other.layers.items():
+            layer = self.layers.get(name)
+            if layer is None:
+                continue
+            src_blobs = src.blobs
+            if len(src_blobs) != len(layer.blobs):
+                raise ShapeError(f"layer {name}: cannot share {len(src_blobs)} blobs with a layer of "
+                                 f"{len(layer.blobs)} blobs")
+            for i, (mine, theirs) in enumerate(zip(layer.blobs, src_blobs)):
+                if tuple(mine.shape) != tuple(theirs.shape):
+                    raise ShapeError(f"layer {name} blob {i}: cannot share shape {list(theirs.shape)} "
+                                     f"with {list(mine.shape)}")
+                layer.register_parameter(layer._blob_names[i], theirs)
+
+    def extra_repr(self):
+        return f"name={self.name!r}, phase={'TRAIN' if self.phase == caffe_pb2.TRAIN else 'TEST'}"
+
+
+def _shape_equals(blob, shape):
+    """Caffe's Blob::ShapeEquals: a legacy num/channels/height/width blob matches a shape of at most
+    4 axes padded with leading 1s."""
+    if blob.HasField("shape"):
+        return tuple(int(d) for d in blob.shape.dim) == tuple(shape)
+    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
+        if len(shape) > 4:
+            return False
+        legacy = (1,) * (4 - len(shape)) + tuple(shape)
+        return legacy == (blob.num, blob.channels, blob.height, blob.width)
+    return tuple(shape) == ()
