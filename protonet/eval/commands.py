@@ -16,6 +16,7 @@ N defaults to the whole test set: the lines of the name/size file divided by the
 """
 import math
 import os
+import sys
 
 import click
 import numpy as np
@@ -229,7 +230,7 @@ def eval_command(model, weights, iterations, ap_version, labelmap, coco_gt, gpu)
     from protonet.tools.detect import device_for
 
     device = device_for(gpu)
-    err = click.get_text_stream("stderr")
+    err = sys.stderr
 
     def progress(steps):
         with click.progressbar(steps, label="eval", file=err, show_pos=True) as bar:

@@ -23,6 +23,7 @@ with the box in pixels of the original image (continuous coordinates, 0 at the l
 import json
 import os
 import re
+import sys
 
 import click
 import cv2
@@ -94,7 +95,7 @@ def find_transform(model_path, net_param):
     return caffe_pb2.TransformationParameter(), labelmap, "none found (resize to the input size only)"
 
 
-def test_transform(param, input_shape, mean=None, scale=None, resize=None):
+def inference_transform(param, input_shape, mean=None, scale=None, resize=None):
     """The deterministic part of `param` for one image, with the options applied."""
     out = caffe_pb2.TransformationParameter()
     out.CopyFrom(param)
@@ -226,7 +227,7 @@ class Detector:
             raise ProtonetError(f"{model}: no DetectionOutput layer: not a detection deploy net")
         self.output_name = outputs[-1]
         found, found_labelmap, self.transform_source = find_transform(model, self.net.net_param)
-        self.transform_param = test_transform(found, self.input_shape, mean, scale, resize)
+        self.transform_param = inference_transform(found, self.input_shape, mean, scale, resize)
         root = os.path.dirname(os.path.abspath(model))
         self.transformer = Transformer(self.transform_param, phase=caffe_pb2.TEST, root_dir=os.getcwd(),
                                        where=f"{model}: transform_param")
@@ -339,7 +340,7 @@ def detect_command(model, weights, labelmap, threshold, gpu, mean, scale, resize
     """Run a detection net on IMAGES_OR_DIRS; draw the boxes and write detections.jsonl."""
     mean_values = _floats(mean, "--mean") if mean else None
     size = tuple(int(v) for v in _floats(resize, "--resize", 2)) if resize else None
-    err = click.get_text_stream("stderr")
+    err = sys.stderr
 
     def progress(images):
         with click.progressbar(images, label="detect", file=err, show_pos=True) as bar:

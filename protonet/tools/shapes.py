@@ -16,6 +16,7 @@ Written files, under OUTDIR:
 """
 import math
 import os
+import sys
 from xml.sax.saxutils import escape
 
 import click
@@ -282,7 +283,7 @@ def _write(path, data):
 @click.option("--seed", default=0, show_default=True, help="the dataset is a function of the seed")
 def make_shapes_command(outdir, train, test, size, seed):
     """Write a small shapes detection dataset (Pascal VOC layout) into OUTDIR."""
-    with click.progressbar(length=train + test, label="make-shapes", file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(length=train + test, label="make-shapes", file=sys.stderr) as bar:
         def progress(jobs):
             for job in jobs:
                 yield job
