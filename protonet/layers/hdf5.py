@@ -61,6 +61,9 @@ class HDF5DataLayer(Layer):
         self.current_file = 0
         self._load(self.files[self.file_order[0]])
         self.current_row = 0
+        # data-parallel training (TRAIN only): rank r keeps the rows whose stream position % world_size == r
+        self.rank, self.world_size = (ctx.rank, ctx.world_size) if ctx.phase == 0 else (0, 1)
+        self.offset = 0
         self.top_shapes = [(self.batch_size,) + a.shape[1:] for a in self.arrays]
 
     def _load(self, path):
@@ -96,20 +99,35 @@ class HDF5DataLayer(Layer):
         """Indices (file-local) of the next batch, following Caffe's Forward loop; may cross files."""
         picks = []
         for _ in range(self.batch_size):
-            if self.current_row == self.arrays[0].shape[0]:
-                if len(self.files) > 1:
-                    self.current_file += 1
-                    if self.current_file == len(self.files):
-                        self.current_file = 0
-                        if self.shuffle:
-                            self.rng.shuffle(self.file_order)
-                    self._load(self.files[self.file_order[self.current_file]])
-                self.current_row = 0
-                if self.shuffle:
-                    self.rng.shuffle(self.row_order)
+            while True:
+                self._wrap()
+                keep = self.offset % self.world_size == self.rank
+                self.offset += 1
+                if keep:
+                    break
+                self.current_row += 1
             picks.append([a[self.row_order[self.current_row]] for a in self.arrays])
             self.current_row += 1
         return picks
+
+    def skip_batches(self, n):
+        """Read past n batches (a resumed solver continues where the snapshot left the data)."""
+        for _ in range(int(n)):
+            self.next_rows()
+
+    def _wrap(self):
+        """At the end of the current file: move to the next file (or back to the first)."""
+        if self.current_row == self.arrays[0].shape[0]:
+            if len(self.files) > 1:
+                self.current_file += 1
+                if self.current_file == len(self.files):
+                    self.current_file = 0
+                    if self.shuffle:
+                        self.rng.shuffle(self.file_order)
+                self._load(self.files[self.file_order[self.current_file]])
+            self.current_row = 0
+            if self.shuffle:
+                self.rng.shuffle(self.row_order)
 
     def forward(self):
         picks = self.next_rows()

@@ -369,7 +369,8 @@ class Solver:
             if display and self.is_root and self.progress.iter > timer_iter + 1:
                 elapsed = time.perf_counter() - timer_start
                 n = self.progress.iter - timer_iter
-                log.info("Iteration %d, %.3g iter/s, %.4g s/iter", it, n / elapsed, elapsed / n)
+                log.info("Speed: %.3g iter/s, %.4g s/iter over iterations %d to %d", n / elapsed, elapsed / n,
+                         timer_iter, self.progress.iter - 1)
                 timer_start, timer_iter = time.perf_counter(), self.progress.iter
             request = self._request()
             if (self.is_root and p.snapshot and self.progress.iter % p.snapshot == 0) or request == SNAPSHOT:
