@@ -252,7 +252,7 @@ def upgrade_loaded(kind, msg, path, input_fields_to_layer=False):
 
 
 @click.command("inspect")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file")
 def inspect_command(file):
     """Print what FILE holds: layers (name, type, bottoms -> tops) of a net prototxt, layers and blob
     shapes of a .caffemodel, a solver, label map, solverstate or binaryproto blob.
@@ -265,8 +265,8 @@ def inspect_command(file):
 
 
 @click.command("upgrade")
-@click.argument("src", metavar="IN", type=click.Path(dir_okay=False))
-@click.argument("dst", metavar="OUT", type=click.Path(dir_okay=False))
+@click.argument("src", metavar="IN")
+@click.argument("dst", metavar="OUT")
 @click.option("--input-layer", is_flag=True,
               help="Also turn `input`/`input_dim`/`input_shape` into an Input layer, as Caffe's tool does.")
 def upgrade_command(src, dst, input_layer):
