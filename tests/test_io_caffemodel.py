@@ -173,3 +173,17 @@ def test_vgg_sized_write_and_read(tmp_path):
     for name, arrays in blobs.items():
         for got, want in zip(back[name], arrays):
             np.testing.assert_array_equal(got, want)
+
+
+def test_legacy_blobs_fit_shapes_counted_from_the_end_as_in_caffe():
+    from protonet.io import blob_fits_shape
+
+    weight = caffe_pb2.BlobProto(num=1, channels=1, height=2, width=3)
+    weight.data.extend(range(6))
+    assert blob_fits_shape(weight, (2, 3)) and blob_fits_shape(weight, (1, 2, 3))
+    assert not blob_fits_shape(weight, (3, 2)) and not blob_fits_shape(weight, (1, 1, 1, 2, 3))
+    np.testing.assert_array_equal(blob_to_array(weight, shape=(2, 3)), np.arange(6, dtype=np.float32).reshape(2, 3))
+    with pytest.raises(ValueError, match=r"stored shape \[1, 1, 2, 3\] does not fit \[6\]"):
+        blob_to_array(weight, shape=(6,))
+    current = array_to_blob(np.zeros((2, 3), np.float32))
+    assert blob_fits_shape(current, (2, 3)) and not blob_fits_shape(current, (1, 1, 2, 3))

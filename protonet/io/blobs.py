@@ -38,9 +38,25 @@ def blob_shape(blob):
     return (n,) if n else (0,)
 
 
-def blob_to_array(blob, diff=False):
-    """The blob's data (or diff) as a float32 array (float64 if stored as double) of its shape."""
-    shape = blob_shape(blob)
+def blob_fits_shape(blob, shape):
+    """Caffe's Blob::ShapeEquals(BlobProto): whether a stored blob fits a blob of `shape`.
+
+    Legacy 4-D blobs count their axes from the end, so an InnerProduct weight stored as
+    (1, 1, M, N) fits (M, N) and a bias (1, 1, 1, N) fits (N,)."""
+    shape = tuple(int(d) for d in shape)
+    if any(blob.HasField(f) for f in _LEGACY_DIMS):
+        return len(shape) <= 4 and (1,) * (4 - len(shape)) + shape == blob_shape(blob)
+    return tuple(int(d) for d in blob.shape.dim) == shape
+
+
+def blob_to_array(blob, diff=False, shape=None):
+    """The blob's data (or diff) as a float32 array (float64 if stored as double) of its shape.
+
+    With `shape`, the blob must fit it as Caffe's ShapeEquals decides (else ValueError) and the array
+    takes that shape, as when Caffe copies trained weights into a net's blobs."""
+    if shape is not None and not blob_fits_shape(blob, shape):
+        raise ValueError(f"stored shape {list(blob_shape(blob))} does not fit {list(shape)}")
+    shape = blob_shape(blob) if shape is None else tuple(int(d) for d in shape)
     if diff:
         values = blob.double_diff if len(blob.double_diff) else blob.diff
         dtype = np.float64 if len(blob.double_diff) else np.float32
