@@ -35,18 +35,24 @@ def box_size(boxes, normalized=True):
 
 
 def iou(a, b, normalized=True):
-    """Pairwise Jaccard overlap: a [..., N, 4], b [..., M, 4] -> [..., N, M]."""
-    a = a.unsqueeze(-2)
-    b = b.unsqueeze(-3)
-    iw = torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])
-    ih = torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])
+    """Pairwise Jaccard overlap: a [..., N, 4], b [..., M, 4] -> [..., N, M] (no autograd)."""
+    # Coordinates as separate arrays so the broadcast runs over a contiguous last axis, and
+    # in-place steps: this runs on [rows, K, K] blocks in NMS, where temporaries dominate.
+    ax1, ay1, ax2, ay2 = (a[..., i].unsqueeze(-1) for i in range(4))
+    bx1, by1, bx2, by2 = (b[..., i].contiguous().unsqueeze(-2) for i in range(4))
+    iw = torch.minimum(bx2, ax2)
+    iw -= torch.maximum(bx1, ax1)
+    ih = torch.minimum(by2, ay2)
+    ih -= torch.maximum(by1, ay1)
     if not normalized:
-        iw = iw + 1
-        ih = ih + 1
-    inter = iw * ih
-    union = box_size(a, normalized) + box_size(b, normalized) - inter
-    ok = (iw > 0) & (ih > 0)
-    return torch.where(ok, inter / torch.where(ok, union, torch.ones_like(union)), torch.zeros_like(inter))
+        iw += 1
+        ih += 1
+    # Caffe's overlap is 0 unless both extents are > 0; clamping gives that and leaves the
+    # positive case bit-identical. 0/0 (two empty boxes) is set to 0 at the end.
+    inter = iw.clamp_(min=0).mul_(ih.clamp_(min=0))
+    union = box_size(b, normalized).unsqueeze(-2) + box_size(a, normalized).unsqueeze(-1)
+    union -= inter
+    return torch.nan_to_num_(inter.div_(union), nan=0.0)
 
 
 def iou_aligned(a, b, normalized=True):
@@ -191,13 +197,13 @@ def _descending_key(values, dim):
     """int64 keys that order like (value descending, index ascending) along `dim`, so that
     topk/sort reproduce a stable descending sort of float32 values exactly."""
     v = values.float() + 0.0  # -0.0 -> 0.0
-    bits = v.view(torch.int32).to(torch.int64)
-    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    bits = v.view(torch.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: reverse their order
     n = values.shape[dim]
     shape = [1] * values.dim()
     shape[dim] = n
-    idx = torch.arange(n, device=values.device, dtype=torch.int64).view(shape)
-    return ordered * (1 << 32) + (n - 1 - idx)
+    idx = torch.arange(n - 1, -1, -1, device=values.device, dtype=torch.int64).view(shape)
+    return (ordered.to(torch.int64) << 32) | idx
 
 
 def stable_topk_desc(scores, k, dim=-1):
@@ -239,27 +245,38 @@ def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1):
     order = stable_topk_desc(masked, K, dim=1)
     valid = torch.arange(K, device=device)[None, :] < count[:, None]
     cand = torch.gather(boxes, 1, order[:, :, None].expand(R, K, 4))
-    keep = torch.zeros((R, K), dtype=torch.bool, device=device)
-    adaptive = eta < 1
-    if adaptive:
-        table = nms_thresholds(nms_threshold, eta, K).to(device)
-        kept_count = torch.zeros(R, dtype=torch.long, device=device)
-    thr = torch.tensor(nms_threshold, dtype=torch.float32, device=device)
-    areas = box_size(cand)
+    table = nms_thresholds(nms_threshold, eta, K).to(device) if eta < 1 else None
+    # The overlap test of every candidate pair, computed in row blocks that stay in cache.
+    if table is None:
+        over = torch.empty((R, K, K), dtype=torch.bool, device=device)
+        thr = torch.tensor(nms_threshold, dtype=torch.float32)
+    else:
+        over = torch.empty((R, K, K), dtype=cand.dtype, device=device)
+    block = max(1, NMS_BLOCK_ELEMENTS // (K * K))
+    for r0 in range(0, R, block):
+        r1 = min(R, r0 + block)
+        ov = iou(cand[r0:r1], cand[r0:r1])
+        over[r0:r1] = ov > thr if table is None else ov
+    return order, _greedy(over, valid, table)
+
+
+NMS_BLOCK_ELEMENTS = 1 << 20
+
+
+def _greedy(over, valid, table):
+    """Greedy suppression in sorted order, all rows at once. over [R, K, K]: the pairwise
+    'overlap > threshold' test, or (adaptive eta: table given) the overlaps themselves."""
+    R, K, _ = over.shape
+    keep = torch.zeros((R, K), dtype=torch.bool, device=over.device)
+    if table is None:
+        keep[:, 0] = valid[:, 0]
+        for k in range(1, K):
+            keep[:, k] = valid[:, k] & ~(over[:, k, :k] & keep[:, :k]).any(dim=1)
+        return keep
+    kept_count = torch.zeros(R, dtype=torch.long, device=over.device)
     for k in range(K):
-        box = cand[:, k]
-        if k == 0:
-            ok = valid[:, 0]
-        else:
-            prev = cand[:, :k]
-            iw = torch.minimum(prev[..., 2], box[:, None, 2]) - torch.maximum(prev[..., 0], box[:, None, 0])
-            ih = torch.minimum(prev[..., 3], box[:, None, 3]) - torch.maximum(prev[..., 1], box[:, None, 1])
-            inter = iw * ih
-            union = areas[:, k, None] + areas[:, :k] - inter
-            overlap = torch.where((iw > 0) & (ih > 0), inter / union, torch.zeros_like(inter))
-            limit = table[kept_count][:, None] if adaptive else thr
-            ok = valid[:, k] & ~((overlap > limit) & keep[:, :k]).any(dim=1)
+        limit = table[kept_count]
+        ok = valid[:, k] & ~((over[:, k, :k] > limit[:, None]) & keep[:, :k]).any(dim=1)
         keep[:, k] = ok
-        if adaptive:
-            kept_count = kept_count + ok.long()
-    return order, keep
+        kept_count += ok.long()
+    return keep
