@@ -153,17 +153,22 @@ def test_expand_keeps_boxes_on_the_same_pixels(seed, x0, y0, bw, bh):
     t = Transformer(tp("mean_value: 1 mean_value: 2 mean_value: 3 "
                        "expand_param { prob: 1 max_expand_ratio: 3 }"))
     out = t.expand(s, np.random.default_rng(seed))
-    eh, ew = out.image.shape[:2]
+    canvas = out.pixels()
+    eh, ew = canvas.shape[:2]
+    assert out.size == (eh, ew)
     assert eh >= h and ew >= w
     bx = out.boxes[0]
     px = [int(round(bx[0] * ew)), int(round(bx[1] * eh)), int(round(bx[2] * ew)), int(round(bx[3] * eh))]
-    assert np.array_equal(out.image[px[1]:px[3], px[0]:px[2]], s.image[y0:y0 + bh, x0:x0 + bw])
+    assert np.array_equal(canvas[px[1]:px[3], px[0]:px[2]], s.image[y0:y0 + bh, x0:x0 + bw])
     # the canvas outside the image holds the mean
     ox, oy = px[0] - x0, px[1] - y0
-    assert np.array_equal(out.image[oy:oy + h, ox:ox + w], s.image)
+    assert np.array_equal(canvas[oy:oy + h, ox:ox + w], s.image)
     mask = np.ones((eh, ew), bool)
     mask[oy:oy + h, ox:ox + w] = False
-    assert np.all(out.image[mask] == [1, 2, 3])
+    assert np.all(canvas[mask] == [1, 2, 3])
+    # a region drawn on its own equals the same region of the whole canvas
+    assert np.array_equal(out.pixels(oy - 3 if oy >= 3 else 0, 2, 9, 11),
+                          canvas[oy - 3 if oy >= 3 else 0:, 2:][:9, :11])
 
 
 def binomial_ok(count, n, p):
@@ -181,7 +186,7 @@ def test_frequencies_match_probabilities():
     assert binomial_ok(mirrored, n, 0.5)
     # expand with prob 0.3
     t = Transformer(tp("expand_param { prob: 0.3 max_expand_ratio: 2 }"))
-    expanded = sum(t.expand(s, rng).image.shape != s.image.shape for _ in range(n))
+    expanded = sum(t.expand(s, rng).size != s.image.shape[:2] for _ in range(n))
     assert binomial_ok(expanded, n, 0.3)
     # each distortion with its own probability
     for field, p in (("brightness", 0.2), ("contrast", 0.7), ("hue", 0.4)):

@@ -25,62 +25,26 @@ def box_area(boxes):
     return area
 
 
-def intersection(a, b):
-    """Intersection boxes of a [N,4] with b [4] (all zeros where they do not meet)."""
-    a = as_boxes(a)
-    b = as_boxes(b)[0]
-    apart = (b[0] > a[:, 2]) | (b[2] < a[:, 0]) | (b[1] > a[:, 3]) | (b[3] < a[:, 1])
-    inter = np.stack([np.maximum(a[:, 0], b[0]), np.maximum(a[:, 1], b[1]),
-                      np.minimum(a[:, 2], b[2]), np.minimum(a[:, 3], b[3])], axis=1)
-    inter[apart] = 0
-    return inter
-
-
-def jaccard(a, b):
-    """IoU of each box of a [N,4] with the box b [4]."""
-    a = as_boxes(a)
-    inter = intersection(a, b)
-    iw = inter[:, 2] - inter[:, 0]
-    ih = inter[:, 3] - inter[:, 1]
-    isize = iw * ih
-    union = box_area(a) + box_area(b)[0] - isize
-    out = np.zeros(len(a), dtype=F32)
-    ok = (iw > 0) & (ih > 0)
-    out[ok] = isize[ok] / union[ok]
-    return out
-
-
-def coverage(a, b):
-    """Fraction of each box of a [N,4] covered by the box b [4] (Caffe's BBoxCoverage(a, b))."""
-    a = as_boxes(a)
-    isize = box_area(intersection(a, b))
-    out = np.zeros(len(a), dtype=F32)
-    ok = isize > 0
-    out[ok] = isize[ok] / box_area(a)[ok]
-    return out
-
-
-def coverage_of(a, boxes):
-    """Fraction of the box a [4] covered by each box of boxes [N,4] (BBoxCoverage(a, box_i))."""
-    isize = box_area(intersection(boxes, a))
-    out = np.zeros(len(isize), dtype=F32)
-    ok = isize > 0
-    out[ok] = isize[ok] / box_area(a)[0]
-    return out
+def overlaps(a, b):
+    """Pairwise overlap measures of a [N,4] and b [M,4], each [N, M] float32:
+    jaccard (IoU), cover_a (share of a inside b) and cover_b (share of b inside a).
+    Boxes that only touch do not overlap (Caffe's JaccardOverlap / BBoxCoverage)."""
+    a = as_boxes(a)[:, None, :]
+    b = as_boxes(b)[None, :, :]
+    iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+    ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+    meet = (iw > 0) & (ih > 0)
+    inter = np.where(meet, iw * ih, F32(0))
+    area_a = box_area(a[:, 0])[:, None]
+    area_b = box_area(b[0])[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"jaccard": np.where(meet, inter / (area_a + area_b - inter), F32(0)),
+                "cover_a": np.where(meet, inter / area_a, F32(0)),
+                "cover_b": np.where(meet, inter / area_b, F32(0))}
 
 
 def clip(boxes):
     return np.clip(as_boxes(boxes), F32(0), F32(1))
-
-
-def locate(src, boxes):
-    """Boxes given relative to src [4], expressed in src's own frame (Caffe's LocateBBox)."""
-    src = as_boxes(src)[0]
-    boxes = as_boxes(boxes)
-    w = src[2] - src[0]
-    h = src[3] - src[1]
-    return np.stack([src[0] + boxes[:, 0] * w, src[1] + boxes[:, 1] * h,
-                     src[0] + boxes[:, 2] * w, src[1] + boxes[:, 3] * h], axis=1).astype(F32)
 
 
 def project(src, boxes):
@@ -112,4 +76,4 @@ def meets_emit_constraint(window, boxes, constraint):
         cx = (boxes[:, 0] + boxes[:, 2]) / F32(2)
         cy = (boxes[:, 1] + boxes[:, 3]) / F32(2)
         return (cx >= window[0]) & (cx <= window[2]) & (cy >= window[1]) & (cy <= window[3])
-    return coverage(boxes, window) > F32(constraint.emit_overlap)
+    return overlaps(boxes, window)["cover_a"][:, 0] > F32(constraint.emit_overlap)

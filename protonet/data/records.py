@@ -40,12 +40,49 @@ class Sample:
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     instance_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     difficult: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    # An expanded image not yet drawn: (height, width, y, x, fill) = `image` placed at (y, x)
+    # on a canvas of that size filled with `fill` (per channel, or a whole HxWxC array).
+    canvas: tuple = None
 
-    def with_boxes(self, image, boxes, keep):
+    @property
+    def size(self):
+        """(height, width) of the image, canvas included."""
+        return self.canvas[:2] if self.canvas is not None else self.image.shape[:2]
+
+    def with_boxes(self, image, boxes, keep, canvas=None):
         """A copy with a new image and the boxes `boxes[keep]` (other fields follow keep)."""
         return Sample(self.key, image, self.label, self.annotated, self.encoded,
                       np.ascontiguousarray(boxes[keep], dtype=np.float32), self.labels[keep],
-                      self.instance_ids[keep], self.difficult[keep])
+                      self.instance_ids[keep], self.difficult[keep], canvas)
+
+    def pixels(self, y0=0, x0=0, height=None, width=None):
+        """The image pixels of a region (the whole image by default), drawing the canvas."""
+        full_h, full_w = self.size
+        height = full_h - y0 if height is None else height
+        width = full_w - x0 if width is None else width
+        if self.canvas is None:
+            return self.image[y0:y0 + height, x0:x0 + width]
+        _, _, oy, ox, fill = self.canvas
+        img = self.image
+        top, left = max(y0, oy), max(x0, ox)
+        bottom = min(y0 + height, oy + img.shape[0])
+        right = min(x0 + width, ox + img.shape[1])
+        if np.ndim(fill) != 3 and bottom > top and right > left and img.dtype == np.uint8:
+            # the image part plus constant borders, in one OpenCV call
+            part = img[top - oy:bottom - oy, left - ox:right - ox]
+            value = [float(v) for v in np.broadcast_to(fill, (img.shape[2],))]
+            out = cv2.copyMakeBorder(part, top - y0, y0 + height - bottom, left - x0,
+                                     x0 + width - right, cv2.BORDER_CONSTANT, value=value)
+            return out[:, :, None] if out.ndim == 2 else out
+        out = np.empty((height, width, img.shape[2]), dtype=img.dtype)
+        if np.ndim(fill) == 3:
+            out[:] = fill[y0:y0 + height, x0:x0 + width]
+        else:
+            out.reshape(height, -1)[:] = np.tile(np.asarray(fill, img.dtype), width)
+        if bottom > top and right > left:
+            out[top - y0:bottom - y0, left - x0:right - x0] = img[top - oy:bottom - oy,
+                                                                  left - ox:right - ox]
+        return out
 
 
 def imdecode(data, color_mode, what):

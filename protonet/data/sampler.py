@@ -30,58 +30,88 @@ def check_sampler(batch_sampler):
                             f"{s.min_aspect_ratio}, {s.max_aspect_ratio}")
 
 
-def sample_window(sampler, rng):
-    """One window in the unit square: scale and aspect ratio drawn from the sampler's ranges."""
-    scale = F32(rng.uniform(sampler.min_scale, sampler.max_scale)) \
-        if sampler.max_scale > sampler.min_scale else F32(sampler.min_scale)
-    ratio = F32(rng.uniform(sampler.min_aspect_ratio, sampler.max_aspect_ratio)) \
-        if sampler.max_aspect_ratio > sampler.min_aspect_ratio else F32(sampler.min_aspect_ratio)
-    # Keep both sides <= 1: ratio within [scale^2, 1/scale^2].
-    ratio = min(max(ratio, F32(float(scale) ** 2)), F32(1 / float(scale) ** 2))
-    root = np.sqrt(ratio, dtype=F32)
-    width = min(scale * root, F32(1))
-    height = min(scale / root, F32(1))
-    x0 = F32(rng.uniform(0, 1 - width)) if width < 1 else F32(0)
-    y0 = F32(rng.uniform(0, 1 - height)) if height < 1 else F32(0)
-    return np.array([x0, y0, x0 + width, y0 + height], dtype=F32)
+MEASURES = (("jaccard_overlap", "jaccard"), ("sample_coverage", "cover_a"),
+            ("object_coverage", "cover_b"))
 
 
-def satisfies(window, objects, constraint):
-    """True when no constraint is set, or one object meets all the constraints that are set."""
-    has = constraint.HasField
-    checks = []
-    if has("min_jaccard_overlap") or has("max_jaccard_overlap"):
-        checks.append(("jaccard_overlap", lambda: bx.jaccard(objects, window)))
-    if has("min_sample_coverage") or has("max_sample_coverage"):
-        checks.append(("sample_coverage", lambda: bx.coverage_of(window, objects)))
-    if has("min_object_coverage") or has("max_object_coverage"):
-        checks.append(("object_coverage", lambda: bx.coverage(objects, window)))
-    if not checks:
-        return True
-    ok = np.ones(len(objects), dtype=bool)
-    for name, measure in checks:
-        value = measure()
-        if has("min_" + name):
-            ok &= value >= F32(getattr(constraint, "min_" + name))
-        if has("max_" + name):
-            ok &= value <= F32(getattr(constraint, "max_" + name))
-    return bool(ok.any())
+class WindowSampler:
+    """A list of BatchSamplers, prepared once: every trial of every sampler is drawn in one
+    vectorised pass per image, and the first max_sample trials of each sampler that satisfy
+    its constraint are kept -- in distribution the windows of Caffe's trial loop, which stops
+    drawing once max_sample are found."""
+
+    def __init__(self, batch_samplers):
+        used = [bs for bs in batch_samplers if bs.use_original_image and bs.max_trials > 0]
+        for bs in used:
+            check_sampler(bs)
+        counts = [int(bs.max_trials) for bs in used]
+        self.slices = []
+        start = 0
+        for bs, n in zip(used, counts):
+            cap = int(bs.max_sample) if bs.HasField("max_sample") else n
+            self.slices.append((start, start + n, cap))
+            start += n
+        self.trials = start
+
+        def per_trial(get):
+            return np.repeat(np.array([get(bs) for bs in used], dtype=F32), counts)
+
+        self.scale_lo = per_trial(lambda bs: bs.sampler.min_scale)
+        self.scale_hi = per_trial(lambda bs: bs.sampler.max_scale)
+        self.ratio_lo = per_trial(lambda bs: bs.sampler.min_aspect_ratio)
+        self.ratio_hi = per_trial(lambda bs: bs.sampler.max_aspect_ratio)
+        inf = float("inf")
+        self.bounds = []
+        for name, key in MEASURES:
+            def bound(bs, side, default, name=name):
+                c = bs.sample_constraint
+                return getattr(c, f"{side}_{name}") if c.HasField(f"{side}_{name}") else default
+
+            if any(bs.sample_constraint.HasField(f"{side}_{name}") for bs in used
+                   for side in ("min", "max")):
+                self.bounds.append((key, per_trial(lambda bs: bound(bs, "min", -inf))[:, None],
+                                    per_trial(lambda bs: bound(bs, "max", inf))[:, None]))
+        constrained = [any(bs.sample_constraint.HasField(f"{side}_{name}")
+                           for name, _ in MEASURES for side in ("min", "max")) for bs in used]
+        self.free = np.repeat(np.array(constrained, dtype=bool), counts) == False  # noqa: E712
+
+    def windows(self, objects, rng):
+        """[trials, 4] windows drawn in the unit square, and which satisfy their constraint."""
+        n = self.trials
+        u = rng.random((4, n))
+        scale = (self.scale_lo + (self.scale_hi - self.scale_lo) * u[0]).astype(F32)
+        ratio = (self.ratio_lo + (self.ratio_hi - self.ratio_lo) * u[1]).astype(F32)
+        s64 = scale.astype(np.float64)
+        # both sides within 1: ratio kept in [scale^2, 1/scale^2]
+        ratio = np.minimum(np.maximum(ratio, (s64 ** 2).astype(F32)), (1 / s64 ** 2).astype(F32))
+        root = np.sqrt(ratio)
+        # clamped: Caffe aborts when rounding puts a side a hair above 1
+        width = np.minimum(scale * root, F32(1))
+        height = np.minimum(scale / root, F32(1))
+        x0 = (u[2] * (1 - width)).astype(F32)
+        y0 = (u[3] * (1 - height)).astype(F32)
+        windows = np.stack([x0, y0, x0 + width, y0 + height], axis=1)
+        ok = self.free.copy()
+        if len(objects) and self.bounds:
+            ov = bx.overlaps(windows, objects)
+            fits = np.ones((n, len(objects)), dtype=bool)
+            for key, lo, hi in self.bounds:
+                fits &= (ov[key] >= lo) & (ov[key] <= hi)
+            ok |= fits.any(axis=1)
+        return windows, ok
+
+    def __call__(self, objects, rng):
+        """All kept windows, sampler by sampler (Caffe's GenerateBatchSamples)."""
+        if not self.trials:
+            return []
+        windows, ok = self.windows(bx.as_boxes(objects), rng)
+        kept = []
+        for start, stop, cap in self.slices:
+            idx = np.flatnonzero(ok[start:stop])[:cap]
+            kept.extend(windows[start + idx])
+        return kept
 
 
 def generate_windows(objects, batch_samplers, rng):
     """All windows kept by the batch samplers for an image whose boxes are `objects` [N,4]."""
-    objects = bx.as_boxes(objects)
-    unit = np.array([0, 0, 1, 1], dtype=F32)
-    windows = []
-    for bs in batch_samplers:
-        if not bs.use_original_image:
-            continue
-        found = 0
-        for _ in range(bs.max_trials):
-            if bs.HasField("max_sample") and found >= bs.max_sample:
-                break
-            window = bx.locate(unit, sample_window(bs.sampler, rng))[0]
-            if satisfies(window, objects, bs.sample_constraint):
-                found += 1
-                windows.append(window)
-    return windows
+    return WindowSampler(batch_samplers)(objects, rng)

@@ -21,7 +21,7 @@ from protonet import caffe_pb2
 from protonet.data import boxes as bx
 from protonet.data import image_ops as ops
 from protonet.data.records import Sample
-from protonet.data.sampler import check_sampler, generate_windows
+from protonet.data.sampler import WindowSampler
 from protonet.errors import ProtonetError
 
 F32 = np.float32
@@ -111,32 +111,34 @@ class Transformer:
         eh, ew = int(F32(h) * ratio), int(F32(w) * ratio)
         h_off = F32(np.floor(ops.uniform(rng, 0, eh - h)))
         w_off = F32(np.floor(ops.uniform(rng, 0, ew - w)))
-        canvas = np.empty((eh, ew, c), dtype=img.dtype)
         if self.mean_values is not None:
-            canvas[:] = self._per_channel(self.mean_values, c, img.dtype)
+            fill = self._per_channel(self.mean_values, c, img.dtype)
         elif self.mean_image is not None:
             if self.mean_image.shape != (c, eh, ew):
                 raise ProtonetError(f"{self.where}: mean_file {self.mean_image.shape} does not fit "
                                     f"the expanded image {(c, eh, ew)}")
-            canvas[:] = self._cast(self.mean_image.transpose(1, 2, 0), img.dtype)
+            fill = self._cast(self.mean_image.transpose(1, 2, 0), img.dtype)
         else:
-            canvas[:] = 0
-        canvas[int(h_off):int(h_off) + h, int(w_off):int(w_off) + w] = img
-        canvas = self._round_trip(sample, canvas)
+            fill = np.zeros(c, dtype=img.dtype)
         window = np.array([-w_off / F32(w), -h_off / F32(h), (F32(ew) - w_off) / F32(w),
                            (F32(eh) - h_off) / F32(h)], dtype=F32)
         boxes, keep = self.carry_boxes(sample, window, mirror=False, resize_from=None)
-        return sample.with_boxes(canvas, boxes, keep)
+        # The canvas is drawn only where it is used (after the batch-sampler crop), unless
+        # Caffe's JPEG round trip needs the whole of it now.
+        out = sample.with_boxes(img, boxes, keep, canvas=(eh, ew, int(h_off), int(w_off), fill))
+        if self.reencode_jpeg and sample.encoded:
+            out = out.with_boxes(self._round_trip(sample, out.pixels()), out.boxes, slice(None))
+        return out
 
     def crop_to_window(self, sample, window):
         """Crop the image to a normalized window (a batch-sampler sample)."""
         window = bx.clip(window)[0]
-        h, w = sample.image.shape[:2]
+        h, w = sample.size
         x0, y0 = F32(window[0]) * F32(w), F32(window[1]) * F32(h)
         x1, y1 = F32(window[2]) * F32(w), F32(window[3]) * F32(h)
         w_off, h_off = int(x0), int(y0)
         cw, ch = int(x1 - x0), int(y1 - y0)
-        img = np.ascontiguousarray(sample.image[h_off:h_off + ch, w_off:w_off + cw])
+        img = np.ascontiguousarray(sample.pixels(h_off, w_off, ch, cw))
         img = self._round_trip(sample, img)
         boxes, keep = self.carry_boxes(sample, window, mirror=False, resize_from=None)
         return sample.with_boxes(img, boxes, keep)
@@ -178,7 +180,7 @@ class Transformer:
     def transform(self, sample, rng):
         """The final transform: (CHW float32 array, sample with the boxes in output coords)."""
         p = self.param
-        img = sample.image
+        img = sample.pixels()
         src_h, src_w = img.shape[:2]
         mirror = bool(p.mirror and rng.integers(2))
         if p.HasField("resize_param"):
@@ -201,21 +203,28 @@ class Transformer:
             img = img[h_off:h_off + out_h, w_off:w_off + out_w]
         if mirror:
             img = img[:, ::-1]
-        data = img.astype(F32)
+        # (x - mean) * scale straight into CHW float32, one channel at a time
+        chw = np.empty((c, out_h, out_w), dtype=F32)
         if self.mean_values is not None:
-            data -= self._per_channel(self.mean_values, c, F32)
+            mean = self._per_channel(self.mean_values, c, F32)
         elif self.mean_image is not None:
-            mean = self.mean_image
-            if mean.shape == (c, out_h, out_w):
-                data -= mean.transpose(1, 2, 0)
-            elif mean.shape == (c, h, w):
-                data -= mean[:, h_off:h_off + out_h, w_off:w_off + out_w].transpose(1, 2, 0)
+            mi = self.mean_image
+            if mi.shape == (c, out_h, out_w):
+                mean = mi
+            elif mi.shape == (c, h, w):
+                mean = mi[:, h_off:h_off + out_h, w_off:w_off + out_w]
             else:
-                raise ProtonetError(f"{self.where}: mean_file {mean.shape} fits neither the "
+                raise ProtonetError(f"{self.where}: mean_file {mi.shape} fits neither the "
                                     f"output {(c, out_h, out_w)} nor the image {(c, h, w)}")
+        else:
+            mean = None
+        for ch in range(c):
+            if mean is None:
+                chw[ch] = img[:, :, ch]
+            else:
+                np.subtract(img[:, :, ch], mean[ch], out=chw[ch], dtype=F32)
         if p.scale != 1:
-            data *= F32(p.scale)
-        chw = np.ascontiguousarray(data.transpose(2, 0, 1))
+            chw *= F32(p.scale)
         if not sample.annotated or not len(sample.boxes):
             return chw, sample
         window = np.array([F32(w_off) / F32(w), F32(h_off) / F32(h),
@@ -229,9 +238,7 @@ class AnnotatedPipeline:
 
     def __init__(self, transformer, batch_samplers=()):
         self.t = transformer
-        self.batch_samplers = list(batch_samplers)
-        for bs in self.batch_samplers:
-            check_sampler(bs)
+        self.sampler = WindowSampler(batch_samplers)
 
     def __call__(self, sample, rng):
         p = self.t.param
@@ -239,8 +246,8 @@ class AnnotatedPipeline:
             sample = self.t.distort(sample, rng)
         if p.HasField("expand_param"):
             sample = self.t.expand(sample, rng)
-        if self.batch_samplers:
-            windows = generate_windows(sample.boxes, self.batch_samplers, rng)
+        if self.sampler.trials:
+            windows = self.sampler(sample.boxes, rng)
             if windows:
                 sample = self.t.crop_to_window(sample, windows[int(rng.integers(len(windows)))])
         return self.t.transform(sample, rng)
