@@ -22,6 +22,7 @@ from protonet import caffe_pb2
 from protonet.errors import ProtonetError
 from protonet.eval.voc import DetectionAccumulator
 from protonet.layers.base import NetContext
+from protonet.solver.debug import DebugInfo
 from protonet.solver.logger import format_float, get_logger
 from protonet.solver.lr_policy import Progress, check_policy, learning_rate
 from protonet.solver.updates import Updater, solver_type
@@ -350,9 +351,16 @@ class Solver:
             self.net.train()
             loss = _f32(0)
             blobs = None
-            for _ in range(p.iter_size):
-                blobs, one = self._forward_backward()
-                loss = _f32(loss + one)
+            debug = DebugInfo(self.net, log) if display and p.debug_info and self.is_root else None
+            try:
+                for _ in range(p.iter_size):
+                    blobs, one = self._forward_backward()
+                    loss = _f32(loss + one)
+                    if debug is not None:
+                        debug.after_backward()
+            finally:
+                if debug is not None:
+                    debug.remove()
             loss = _f32(loss / _f32(p.iter_size))
             bad = not math.isfinite(float(loss))
             if self.options.world_size > 1:
