@@ -5,8 +5,9 @@ and job. Run it from Caffe's root (the directory holding models/, jobs/, data/, 
 
     protonet gen examples/refinedet/ResNet101_COCO_512.py [--root CAFFE_ROOT] [--run]
 
-It writes models/ResNet/coco/refinedet_resnet101_512x512/{train,test,deploy,solver}.prototxt (each copied to the job
-directory) and the job script jobs/ResNet/coco/refinedet_resnet101_512x512/coco_refinedet_resnet101_512x512.sh, which runs `protonet train`.
+It writes the train, test, deploy and solver prototxts into
+models/ResNet/coco/refinedet_resnet101_512x512/ (each copied to the job directory) and the job script
+jobs/ResNet/coco/refinedet_resnet101_512x512/coco_refinedet_resnet101_512x512.sh, which runs `protonet train`.
 Missing LMDBs or weights are reported, not fatal; `--run` starts the job.
 """
 import math

@@ -5,8 +5,9 @@ and job. Run it from Caffe's root (the directory holding models/, jobs/, data/, 
 
     protonet gen examples/refinedet/finetune_VGG16_VOC2007_512.py [--root CAFFE_ROOT] [--run]
 
-It writes models/VGGNet/VOC0712/refinedet_vgg16_512x512_ft/{train,test,deploy,solver}.prototxt (each copied to the job
-directory) and the job script jobs/VGGNet/VOC0712/refinedet_vgg16_512x512_ft/VOC0712_refinedet_vgg16_512x512_ft.sh, which runs `protonet train`.
+It writes the train, test, deploy and solver prototxts into
+models/VGGNet/VOC0712/refinedet_vgg16_512x512_ft/ (each copied to the job directory) and the job script
+jobs/VGGNet/VOC0712/refinedet_vgg16_512x512_ft/VOC0712_refinedet_vgg16_512x512_ft.sh, which runs `protonet train`.
 Missing LMDBs or weights are reported, not fatal; `--run` starts the job.
 """
 import math

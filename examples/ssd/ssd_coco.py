@@ -6,9 +6,10 @@ jobs/, data/, examples/):
 
     protonet gen examples/ssd/ssd_coco.py [--root CAFFE_ROOT] [--run]
 
-It writes models/VGGNet/coco/SSD_300x300/{train,test,deploy,solver}.prototxt (each copied to the job directory)
-and the job script jobs/VGGNet/coco/SSD_300x300/VGG_coco_SSD_300x300.sh, which runs `protonet train`. Missing LMDBs or
-weights are reported, not fatal; `--run` starts the job.
+It writes the train, test, deploy and solver prototxts into
+models/VGGNet/coco/SSD_300x300/ (each copied to the job directory) and the job script
+jobs/VGGNet/coco/SSD_300x300/VGG_coco_SSD_300x300.sh, which runs `protonet train`.
+Missing LMDBs or weights are reported, not fatal; `--run` starts the job.
 """
 import math
 import os

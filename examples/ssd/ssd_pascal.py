@@ -6,9 +6,10 @@ jobs/, data/, examples/):
 
     protonet gen examples/ssd/ssd_pascal.py [--root CAFFE_ROOT] [--run]
 
-It writes models/VGGNet/VOC0712/SSD_300x300/{train,test,deploy,solver}.prototxt (each copied to the job directory)
-and the job script jobs/VGGNet/VOC0712/SSD_300x300/VGG_VOC0712_SSD_300x300.sh, which runs `protonet train`. Missing LMDBs or
-weights are reported, not fatal; `--run` starts the job.
+It writes the train, test, deploy and solver prototxts into
+models/VGGNet/VOC0712/SSD_300x300/ (each copied to the job directory) and the job script
+jobs/VGGNet/VOC0712/SSD_300x300/VGG_VOC0712_SSD_300x300.sh, which runs `protonet train`.
+Missing LMDBs or weights are reported, not fatal; `--run` starts the job.
 """
 import math
 import os

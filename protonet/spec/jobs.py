@@ -9,8 +9,6 @@ import re
 import stat
 import sys
 
-from google.protobuf import text_format
-
 from protonet import caffe_pb2
 from protonet.io.prototxt import atomic_write
 from protonet.spec.net_spec import make_message
@@ -46,7 +44,8 @@ def make_dirs(*paths):
 
 
 def _write_text(message, path, copy_to=None):
-    data = text_format.MessageToString(message).encode("utf-8")
+    # str() is protobuf's native text encoder: Caffe's own formatting (`mean_value: 104`) and fast.
+    data = str(message).encode("utf-8")
     atomic_write(path, data)
     if copy_to:
         atomic_write(os.path.join(copy_to, os.path.basename(path)), data)
