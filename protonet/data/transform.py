@@ -15,6 +15,7 @@ Differences from Caffe kept on purpose (listed in the README):
   distortion for them, and then fails its own shape checks);
 - a mean_file must match either the output size or the resized image size.
 """
+import cv2
 import numpy as np
 
 from protonet import caffe_pb2
@@ -202,8 +203,8 @@ class Transformer:
                 h_off, w_off = (h - out_h) // 2, (w - out_w) // 2
             img = img[h_off:h_off + out_h, w_off:w_off + out_w]
         if mirror:
-            img = img[:, ::-1]
-        # (x - mean) * scale straight into CHW float32, one channel at a time
+            img = ops.hwc(cv2.flip(np.ascontiguousarray(img), 1))
+        # (x - mean) * scale into CHW float32, plane by plane (OpenCV splits the channels)
         chw = np.empty((c, out_h, out_w), dtype=F32)
         if self.mean_values is not None:
             mean = self._per_channel(self.mean_values, c, F32)
@@ -218,11 +219,11 @@ class Transformer:
                                     f"output {(c, out_h, out_w)} nor the image {(c, h, w)}")
         else:
             mean = None
-        for ch in range(c):
-            if mean is None:
-                chw[ch] = img[:, :, ch]
-            else:
-                np.subtract(img[:, :, ch], mean[ch], out=chw[ch], dtype=F32)
+        planes = cv2.split(np.ascontiguousarray(img)) if c > 1 else [img[:, :, 0]]
+        for ch, plane in enumerate(planes):
+            chw[ch] = plane
+            if mean is not None:
+                chw[ch] -= mean[ch]
         if p.scale != 1:
             chw *= F32(p.scale)
         if not sample.annotated or not len(sample.boxes):
