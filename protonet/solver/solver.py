@@ -224,47 +224,46 @@ class Solver:
     def snapshot(self):
         """Write PREFIX_iter_N.caffemodel and PREFIX_iter_N.solverstate, each atomically."""
         from protonet.io.caffemodel import write_caffemodel
-        from protonet.io.prototxt import atomic_write
+        from protonet.io.solverstate import write_solverstate
 
         model = self.snapshot_filename(".caffemodel")
         log.info("Snapshotting to binary proto file %s", model)
-        net_param = self.net.to_proto(with_blobs=True)
         if self.param.snapshot_diff:
+            net_param = self.net.to_proto(with_blobs=True)
             for layer in net_param.layer:
-                blobs = self.net.layers[layer.name].blobs
-                for blob, tensor in zip(layer.blobs, blobs):
+                for blob, tensor in zip(layer.blobs, self.net.layers[layer.name].blobs):
                     g = tensor.grad if tensor.grad is not None else torch.zeros_like(tensor)
                     blob.diff.extend(g.detach().float().cpu().numpy().ravel().tolist())
-        write_caffemodel(net_param, model)
-        state = self.solver_state(model)
+            write_caffemodel(net_param, model)
+        else:
+            # blobs streamed from the tensors, without building protobuf messages for them
+            blobs = {name: [t.detach().to("cpu", torch.float32).contiguous() for t in layer.blobs]
+                     for name, layer in self.net.layers.items() if len(layer.blobs)}
+            write_caffemodel(self.net.to_proto(with_blobs=False), model, blobs=blobs)
         state_path = self.snapshot_filename(".solverstate")
         log.info("Snapshotting solver state to binary proto file %s", state_path)
-        atomic_write(state_path, state.SerializeToString())
+        write_solverstate(self.solver_state(model, with_history=False), state_path,
+                          history=self.updater.history_arrays())
         self.last_snapshot = (model, state_path)
         return model, state_path
 
-    def solver_state(self, model_filename):
-        from protonet.io.blobs import array_to_blob
+    def solver_state(self, model_filename, with_history=True):
+        from protonet.io.solverstate import make_solverstate
 
-        state = caffe_pb2.SolverState()
-        state.iter = self.progress.iter
-        state.learned_net = model_filename
-        state.current_step = self.progress.current_step
+        state = make_solverstate(self.progress.iter, model_filename, self.progress.current_step,
+                                 self.updater.history_arrays() if with_history else ())
         state.iter_last_event = self.progress.iter_last_event
         state.minimum_loss = self.progress.minimum_loss
-        for arr in self.updater.history_arrays():
-            array_to_blob(arr, blob=state.history.add())
         return state
 
     def restore(self, state_file):
         """Caffe's Restore: iteration, step, history, and the weights of `learned_net`."""
-        from protonet.io.blobs import blob_to_array
-        from protonet.io.prototxt import read_binary_proto
+        from protonet.io.solverstate import read_solverstate, solverstate_history_arrays
 
         state_file = os.fspath(state_file)
         if state_file.endswith(".h5"):
             raise ProtonetError(f"{state_file}: HDF5 solver states are not supported; use a .solverstate")
-        state = read_binary_proto(state_file, caffe_pb2.SolverState)
+        state = read_solverstate(state_file)
         if state.HasField("learned_net"):
             learned = state.learned_net
             if not os.path.exists(learned):
@@ -278,7 +277,7 @@ class Solver:
         self.progress = Progress(iter=int(state.iter), current_step=int(state.current_step),
                                  iter_last_event=int(state.iter_last_event),
                                  minimum_loss=float(state.minimum_loss))
-        self.updater.load_history([blob_to_array(b) for b in state.history], source=state_file)
+        self.updater.load_history(solverstate_history_arrays(state), source=state_file)
         if self.options.skip_data_on_resume:
             self._skip_batches = self.progress.iter * self.param.iter_size
             _skip_data(self.net, self._skip_batches)
