@@ -194,3 +194,18 @@ def test_image_data_layer(tmp_path, fixtures):
     lp.image_data_param.source = "bad.txt"
     with pytest.raises(ProtonetError, match="bad.txt:1:"):
         build(lp, tmp_path)
+
+
+def test_net_forward_gives_the_golden_blobs(fixtures):
+    from protonet.net.net import Net
+
+    ctx = NetContext(seed=1, data_workers=0, root_dir=str(fixtures / "data"),
+                     extras={"data_reencode_jpeg": True})
+    net = Net(str(fixtures / "data/annotated_data_identity_sampler.prototxt"), phase="TRAIN",
+              ctx=ctx)
+    g = np.load(fixtures / "data/annotated_data_identity_sampler.npz")
+    assert net.blob_shapes["data"] == (2, 3, 300, 300)
+    for b in range(2):
+        blobs = net.forward()
+        assert np.abs(blobs["data"].numpy() - g[f"data_batch{b}"]).max() <= 1
+        assert np.array_equal(blobs["label"].numpy(), g[f"label_batch{b}"])
