@@ -239,3 +239,21 @@ def test_noise_and_crop_test_phase():
     gray = cv2.cvtColor(s.image, cv2.COLOR_BGR2GRAY)[5:15, 10:20]
     assert np.array_equal(data[0], (255 - gray).astype(np.float32))
     np.testing.assert_allclose(out.boxes[0], [0.0, 0.0, (15 - 10) / 10, (10 - 5) / 10], atol=1e-6)
+
+
+def test_test_phase_runs_only_the_deterministic_part():
+    text = ("mirror: true mean_value: 1 resize_param { height: 16 width: 16 interp_mode: NEAREST "
+            "interp_mode: CUBIC } distort_param { brightness_prob: 1 brightness_delta: 30 } "
+            "expand_param { prob: 1 max_expand_ratio: 3 }")
+    bss = [sampler("sampler { min_scale: 0.3 } max_trials: 5")]
+    s = sample_with([[0.2, 0.2, 0.6, 0.7]], 20, 24)
+    test = AnnotatedPipeline(Transformer(tp(text), caffe_pb2.TEST), bss)
+    assert test.skipped_in_test() == ["distort_param", "expand_param", "batch_sampler", "mirror"]
+    ref = cv2.resize(s.image, (16, 16), interpolation=cv2.INTER_NEAREST).astype(np.float32) - 1
+    for seed in range(5):
+        data, out = test(s, np.random.default_rng(seed))
+        assert np.array_equal(data, ref.transpose(2, 0, 1))
+        np.testing.assert_array_equal(out.boxes, s.boxes)
+    train = AnnotatedPipeline(Transformer(tp(text), caffe_pb2.TRAIN), bss)
+    assert train.skipped_in_test() == []
+    assert any(not np.array_equal(train(s, np.random.default_rng(k))[0], data) for k in range(5))

@@ -54,11 +54,13 @@ def resized_size(param, width, height):
 
 
 def pick_interp(param, rng):
-    """The OpenCV interpolation: one of interp_mode chosen uniformly, LINEAR when none."""
+    """The OpenCV interpolation: one of interp_mode chosen uniformly (the first when rng is
+    None: the deterministic TEST phase), LINEAR when none."""
     modes = list(param.interp_mode)
     if not modes:
         return cv2.INTER_LINEAR
-    return INTERP[modes[int(rng.integers(len(modes))) if len(modes) > 1 else 0]]
+    pick = int(rng.integers(len(modes))) if rng is not None and len(modes) > 1 else 0
+    return INTERP[modes[pick]]
 
 
 def resize(img, param, interp):
@@ -257,7 +259,8 @@ def _ycrcb_luma(img, fn):
 
 
 def noise(img, p, rng):
-    """Caffe's ApplyNoise, in its order. (Caffe applies it whenever noise_param is present.)"""
+    """Caffe's ApplyNoise, in its order. (Caffe applies it whenever noise_param is present.)
+    rng None (TEST phase) leaves out the random salt-and-pepper noise."""
     out = img
     if p.decolorize:
         out = cv2.cvtColor(cv2.cvtColor(out, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
@@ -277,7 +280,7 @@ def noise(img, p, rng):
         out = hwc(cv2.LUT(out, lut))
     if p.inverse:
         out = hwc(cv2.bitwise_not(out))
-    if p.saltpepper:
+    if p.saltpepper and rng is not None:
         values = [int(v) & 0xFF for v in p.saltpepper_param.value]
         channels = out.shape[2]
         if len(values) not in (1, channels):

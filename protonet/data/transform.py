@@ -13,7 +13,10 @@ pixels; `reencode_jpeg=True` restores the round trips for bit-parity with Caffe'
 Differences from Caffe kept on purpose (listed in the README):
 - raw (non-encoded) datums go through the same path as decoded ones (Caffe skips resize and
   distortion for them, and then fails its own shape checks);
-- a mean_file must match either the output size or the resized image size.
+- a mean_file must match either the output size or the resized image size;
+- in the TEST phase only the deterministic part runs: no distortion, expansion, batch-sampler
+  crop, mirror or salt-and-pepper noise, the first interp_mode, the centre crop (Caffe, given a
+  test transform_param with random parts, would draw them; SSD's test nets have none).
 """
 import cv2
 import numpy as np
@@ -50,6 +53,7 @@ class Transformer:
 
         self.param = param
         self.phase = phase
+        self.random = phase == caffe_pb2.TRAIN
         self.reencode_jpeg = reencode_jpeg
         self.where = where
         if param.force_color and param.force_gray:
@@ -183,11 +187,12 @@ class Transformer:
         p = self.param
         img = sample.pixels()
         src_h, src_w = img.shape[:2]
-        mirror = bool(p.mirror and rng.integers(2))
+        mirror = bool(p.mirror and self.random and rng.integers(2))
         if p.HasField("resize_param"):
-            img = ops.resize(img, p.resize_param, ops.pick_interp(p.resize_param, rng))
+            img = ops.resize(img, p.resize_param,
+                             ops.pick_interp(p.resize_param, rng if self.random else None))
         if p.HasField("noise_param"):
-            img = ops.noise(img, p.noise_param, rng)
+            img = ops.noise(img, p.noise_param, rng if self.random else None)
         h, w, c = img.shape
         out_h, out_w = h, w
         h_off = w_off = 0
@@ -241,8 +246,18 @@ class AnnotatedPipeline:
         self.t = transformer
         self.sampler = WindowSampler(batch_samplers)
 
+    def skipped_in_test(self):
+        """The random steps this pipeline leaves out in the TEST phase."""
+        p = self.t.param
+        names = [n for n in ("distort_param", "expand_param") if p.HasField(n)]
+        names += ["batch_sampler"] if self.sampler.trials else []
+        names += ["mirror"] if p.mirror else []
+        return names if not self.t.random else []
+
     def __call__(self, sample, rng):
         p = self.t.param
+        if not self.t.random:
+            return self.t.transform(sample, rng)
         if p.HasField("distort_param"):
             sample = self.t.distort(sample, rng)
         if p.HasField("expand_param"):

@@ -11,6 +11,7 @@ Caffe's JPEG re-encode of every cropped/expanded/distorted image is off by defau
 with ctx.extras["data_reencode_jpeg"] = True or PROTONET_DATA_REENCODE_JPEG=1 to reproduce
 Caffe's pixels exactly.
 """
+import logging
 import os
 import zlib
 
@@ -26,6 +27,7 @@ from protonet.errors import ProtonetError
 from protonet.layers.base import Layer, register
 
 R = caffe_pb2.ResizeParameter
+log = logging.getLogger("protonet.data")
 
 
 def _flag(ctx, extra, env):
@@ -152,6 +154,9 @@ class AnnotatedData(_PipelineLayer):
         if adp.HasField("anno_type") and adp.anno_type != caffe_pb2.AnnotatedDatum.BBOX:
             raise ProtonetError(f"layer {self.name}: unknown anno_type {adp.anno_type}")
         pipeline = AnnotatedPipeline(transformer, adp.batch_sampler)
+        if pipeline.skipped_in_test():
+            log.warning("layer %s: TEST phase leaves out the random %s", self.name,
+                        ", ".join(pipeline.skipped_in_test()))
         batch = param.data_param.batch_size
         label_shape = (1, 1, max(len(first.boxes), 1), 8) if annotated else (batch,)
         self._setup(LmdbSource(reader, True, transformer.color_mode), first,
