@@ -9,7 +9,6 @@ three fixed boxes (the sampler's jaccard constraints need objects). Prints both 
 ratio (pipeline time / decode time); the goal is <= 2.
 """
 import argparse
-import os
 import pathlib
 import time
 

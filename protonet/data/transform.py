@@ -24,7 +24,6 @@ import numpy as np
 from protonet import caffe_pb2
 from protonet.data import boxes as bx
 from protonet.data import image_ops as ops
-from protonet.data.records import Sample
 from protonet.data.sampler import WindowSampler
 from protonet.errors import ProtonetError
 
@@ -289,4 +288,4 @@ def label_rows(samples):
     return np.concatenate(parts)[None, None]
 
 
-__all__ = ["Transformer", "AnnotatedPipeline", "label_rows", "Sample"]
+__all__ = ["Transformer", "AnnotatedPipeline", "label_rows"]
