@@ -209,3 +209,28 @@ def test_net_forward_gives_the_golden_blobs(fixtures):
         blobs = net.forward()
         assert np.abs(blobs["data"].numpy() - g[f"data_batch{b}"]).max() <= 1
         assert np.array_equal(blobs["label"].numpy(), g[f"label_batch{b}"])
+
+
+def test_ssd_train_transform_through_the_layer(fixtures):
+    import sys
+
+    sys.path.insert(0, str(fixtures.parents[1] / "bench"))
+    from bench_data import SAMPLERS, TRAIN_TRANSFORM
+
+    text = (f'name: "data" type: "AnnotatedData" top: "data" top: "label" '
+            f'data_param {{ source: "lmdb/annoset_encoded_lmdb" batch_size: 4 backend: LMDB }} '
+            f'transform_param {{ {TRAIN_TRANSFORM} }} annotated_data_param {{ '
+            + " ".join(f"batch_sampler {{ {s} }}" for s in SAMPLERS) + " }")
+    lp = parse_prototxt(text, caffe_pb2.LayerParameter(), "x")
+    lp.transform_param.resize_param.height = lp.transform_param.resize_param.width = 64
+    layer = build(lp, fixtures / "data", workers=2, seed=3)
+    assert layer.top_shapes[0] == (4, 3, 64, 64)
+    for _ in range(4):
+        data, label = layer()
+        assert data.shape == (4, 3, 64, 64)
+        rows = label[0, 0].numpy()
+        if rows[0, 0] == -1:
+            continue
+        assert set(rows[:, 0]) <= {0, 1, 2, 3} and np.all(rows[:, 1] == 1)
+        assert np.all((rows[:, 3:7] >= 0) & (rows[:, 3:7] <= 1))
+        assert np.all(rows[:, 5] >= rows[:, 3]) and np.all(rows[:, 6] >= rows[:, 4])
