@@ -43,6 +43,7 @@ class _HeldLaunches:
 
     def __init__(self):
         self.commands = []
+        self._popen = subprocess.Popen  # the real one, for the stand-in process below
 
     def hold(self, *args, **kwargs):
         command = args[0] if args else kwargs.get("args")
@@ -51,7 +52,7 @@ class _HeldLaunches:
 
     def popen(self, *args, **kwargs):
         self.hold(*args, **kwargs)
-        return subprocess.Popen(["true"])  # a finished process, so wait()/communicate() work
+        return self._popen(["true"])  # a process that has nothing to do, so wait()/communicate() work
 
     def run(self, *args, **kwargs):
         self.hold(*args, **kwargs)
@@ -157,7 +158,8 @@ def run_script(script, root=None, flavor=None, echo=None):
         sys.argv[:] = saved_argv
 
     _rewrite_caffe_jobs(writes.paths, echo)
-    return {"flavor": flavor, "written": writes.paths, "launches": held.commands,
+    written = list(dict.fromkeys(writes.paths + jobs.written_files))
+    return {"flavor": flavor, "written": written, "launches": held.commands,
             "jobs": list(jobs.job_scripts), "missing": missing, "root": root}
 
 

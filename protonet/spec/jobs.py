@@ -16,6 +16,7 @@ from protonet.spec.net_spec import make_message
 # Filled since the last reset(): read by `protonet gen`.
 job_scripts = []
 missing_inputs = []
+written_files = []
 _quiet = False
 
 
@@ -24,6 +25,7 @@ def reset(quiet=True):
     global _quiet
     job_scripts.clear()
     missing_inputs.clear()
+    written_files.clear()
     _quiet = quiet
 
 
@@ -43,12 +45,17 @@ def make_dirs(*paths):
         os.makedirs(path, exist_ok=True)
 
 
+def _write(path, data):
+    atomic_write(path, data)
+    written_files.append(os.path.abspath(path))
+
+
 def _write_text(message, path, copy_to=None):
     # str() is protobuf's native text encoder: Caffe's own formatting (`mean_value: 104`) and fast.
     data = str(message).encode("utf-8")
-    atomic_write(path, data)
+    _write(path, data)
     if copy_to:
-        atomic_write(os.path.join(copy_to, os.path.basename(path)), data)
+        _write(os.path.join(copy_to, os.path.basename(path)), data)
 
 
 def write_net(net_param, path, name, copy_to=None):
@@ -114,7 +121,7 @@ def write_job_script(job_file, root, solver_file, log_file, weights=None, snapsh
         lines.append(f"--gpu {gpus} 2>&1 | tee {log_file}")
     else:
         lines.append(f"2>&1 | tee {log_file}")
-    atomic_write(job_file, ("\n".join(lines) + "\n").encode("utf-8"))
+    _write(job_file, ("\n".join(lines) + "\n").encode("utf-8"))
     os.chmod(job_file, stat.S_IRWXU)
     job_scripts.append(os.path.abspath(job_file))
     return job_file
