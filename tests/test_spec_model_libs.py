@@ -9,7 +9,7 @@ import pytest
 from protonet.compat import caffe_modules
 from protonet.errors import ProtonetError
 from protonet.spec import model_libs
-from protonet.spec.net_spec import NetSpec, layers as L, params as P
+from protonet.spec.net_spec import NetSpec, layers as L
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "reference" / "model_libs"
 
