@@ -43,17 +43,24 @@ class Sample:
     # An expanded image not yet drawn: (height, width, y, x, fill) = `image` placed at (y, x)
     # on a canvas of that size filled with `fill` (per channel, or a whole HxWxC array).
     canvas: tuple = None
+    # A per-pixel map not yet applied to `image` (a distortion): pixels() applies it to just
+    # the pixels it returns.
+    pending: object = None
 
     @property
     def size(self):
         """(height, width) of the image, canvas included."""
         return self.canvas[:2] if self.canvas is not None else self.image.shape[:2]
 
-    def with_boxes(self, image, boxes, keep, canvas=None):
+    def with_boxes(self, image, boxes, keep, canvas=None, pending=None):
         """A copy with a new image and the boxes `boxes[keep]` (other fields follow keep)."""
         return Sample(self.key, image, self.label, self.annotated, self.encoded,
                       np.ascontiguousarray(boxes[keep], dtype=np.float32), self.labels[keep],
-                      self.instance_ids[keep], self.difficult[keep], canvas)
+                      self.instance_ids[keep], self.difficult[keep], canvas, pending)
+
+    def _image_part(self, y0, x0, height, width):
+        part = self.image[y0:y0 + height, x0:x0 + width]
+        return part if self.pending is None else self.pending(part)
 
     def pixels(self, y0=0, x0=0, height=None, width=None):
         """The image pixels of a region (the whole image by default), drawing the canvas."""
@@ -61,7 +68,7 @@ class Sample:
         height = full_h - y0 if height is None else height
         width = full_w - x0 if width is None else width
         if self.canvas is None:
-            return self.image[y0:y0 + height, x0:x0 + width]
+            return self._image_part(y0, x0, height, width)
         _, _, oy, ox, fill = self.canvas
         img = self.image
         top, left = max(y0, oy), max(x0, ox)
@@ -69,7 +76,7 @@ class Sample:
         right = min(x0 + width, ox + img.shape[1])
         if np.ndim(fill) != 3 and bottom > top and right > left and img.dtype == np.uint8:
             # the image part plus constant borders, in one OpenCV call
-            part = img[top - oy:bottom - oy, left - ox:right - ox]
+            part = self._image_part(top - oy, left - ox, bottom - top, right - left)
             value = [float(v) for v in np.broadcast_to(fill, (img.shape[2],))]
             out = cv2.copyMakeBorder(part, top - y0, y0 + height - bottom, left - x0,
                                      x0 + width - right, cv2.BORDER_CONSTANT, value=value)
@@ -80,8 +87,8 @@ class Sample:
         else:
             out.reshape(height, -1)[:] = np.tile(np.asarray(fill, img.dtype), width)
         if bottom > top and right > left:
-            out[top - y0:bottom - y0, left - x0:right - x0] = img[top - oy:bottom - oy,
-                                                                  left - ox:right - ox]
+            out[top - y0:bottom - y0, left - x0:right - x0] = self._image_part(
+                top - oy, left - ox, bottom - top, right - left)
         return out
 
 

@@ -99,9 +99,18 @@ class Transformer:
         return img
 
     def distort(self, sample, rng):
-        img = ops.distort(sample.image, self.param.distort_param, rng)
-        img = self._round_trip(sample, img)
-        return sample.with_boxes(img, sample.boxes, slice(None))
+        """Draw the distortion now; apply it when the pixels are drawn (only those kept by the
+        crop), or at once when Caffe's JPEG round trip needs the whole image."""
+        plan = ops.distort_plan(self.param.distort_param, rng)
+        img = sample.image
+        if img.dtype != np.uint8 or img.shape[2] != 3:
+            raise ProtonetError(f"{self.where}: distort_param needs 8-bit 3-channel images "
+                                f"(record {sample.key})")
+        if self.reencode_jpeg and sample.encoded:
+            img = self._round_trip(sample, ops.apply_distort(img, plan))
+            return sample.with_boxes(img, sample.boxes, slice(None))
+        pending = (lambda pixels: ops.apply_distort(pixels, plan)) if plan else None
+        return sample.with_boxes(img, sample.boxes, slice(None), pending=pending)
 
     def expand(self, sample, rng):
         """Place the image at a random spot of a canvas up to max_expand_ratio times larger,
@@ -129,7 +138,8 @@ class Transformer:
         boxes, keep = self.carry_boxes(sample, window, mirror=False, resize_from=None)
         # The canvas is drawn only where it is used (after the batch-sampler crop), unless
         # Caffe's JPEG round trip needs the whole of it now.
-        out = sample.with_boxes(img, boxes, keep, canvas=(eh, ew, int(h_off), int(w_off), fill))
+        out = sample.with_boxes(img, boxes, keep, canvas=(eh, ew, int(h_off), int(w_off), fill),
+                                pending=sample.pending)
         if self.reencode_jpeg and sample.encoded:
             out = out.with_boxes(self._round_trip(sample, out.pixels()), out.boxes, slice(None))
         return out
