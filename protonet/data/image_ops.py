@@ -175,8 +175,9 @@ def extrapolate_boxes(param, height, width, crop_box, boxes):
 #
 # Every distortion is a per-pixel map, so the random draws are made first (a "plan", in Caffe's
 # order of draws) and the plan is applied later to only the pixels that survive the crop: the
-# same pixels as distorting the whole image first (up to +-1 where OpenCV's HSV->BGR rounds the
-# SIMD body and the scalar tail of a row differently), at a fraction of the cost.
+# same pixels as distorting the whole image first, at a fraction of the cost -- up to OpenCV's
+# rounding: its HSV->BGR rounds the SIMD body and the scalar tail of a row differently (+-1,
+# which later steps of the same distortion can grow to a few grey levels).
 
 _RAMP = np.arange(256, dtype=F32)
 
