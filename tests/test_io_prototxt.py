@@ -105,3 +105,16 @@ def test_missing_file_names_the_path(tmp_path):
 def test_binary_file_as_text_is_an_error(fixtures):
     with pytest.raises(PrototxtError, match="tiny_ssd.caffemodel:1:1: not a text file"):
         read_net_prototxt(fixtures / "io" / "tiny_ssd.caffemodel")
+
+
+@pytest.mark.parametrize("name", ["ssd_pascal_train.prototxt", "refinedet_vgg16_320_test.prototxt",
+                                  "ssd_pascal_solver.prototxt"])
+def test_written_text_is_the_text_the_caffe_scripts_wrote(fixtures, tmp_path, name):
+    from protonet.io import format_prototxt
+
+    path = fixtures / "io" / name
+    cls = caffe_pb2.SolverParameter if "solver" in name else caffe_pb2.NetParameter
+    message = read_prototxt(path, cls)
+    assert format_prototxt(message).rstrip("\n") == path.read_text().rstrip("\n")
+    write_prototxt(message, tmp_path / "out.prototxt")
+    assert (tmp_path / "out.prototxt").read_text() == format_prototxt(message)

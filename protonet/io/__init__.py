@@ -2,6 +2,7 @@
 from protonet.io.prototxt import (  # noqa: F401
     atomic_open,
     atomic_write,
+    format_prototxt,
     parse_prototxt,
     read_binary_proto,
     read_net_prototxt,

@@ -11,13 +11,12 @@ import sys
 
 import click
 import numpy as np
-from google.protobuf import text_format
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
 from protonet.io import upgrade as upgrade_rules
 from protonet.io.blobs import blob_shape, blob_to_array
-from protonet.io.prototxt import _read_bytes, atomic_write, parse_binary_proto, parse_prototxt
+from protonet.io.prototxt import _read_bytes, atomic_write, format_prototxt, parse_binary_proto, parse_prototxt
 
 TEXT_KINDS = {"net": caffe_pb2.NetParameter, "solver": caffe_pb2.SolverParameter, "labelmap": caffe_pb2.LabelMap}
 BINARY_KINDS = {"caffemodel": caffe_pb2.NetParameter, "solverstate": caffe_pb2.SolverState,
@@ -216,7 +215,7 @@ def _describe(kind, msg, path):
         return _describe_net(msg, path, with_blobs=kind == "caffemodel")
     if kind == "solver":
         return [f"{path}: solver ({msg.type})"] + ["  " + line for line in
-                                                  text_format.MessageToString(msg).splitlines()]
+                                                  format_prototxt(msg).splitlines()]
     if kind == "labelmap":
         rows = [(str(item.label), item.name, item.display_name) for item in msg.item]
         return [f"{path}: label map, {len(msg.item)} items"] + _table([("label", "name", "display_name")] + rows)
@@ -277,7 +276,7 @@ def upgrade_command(src, dst, input_layer):
     kind, msg, form = load_any(src)
     steps, problems = upgrade_loaded(kind, msg, src, input_fields_to_layer=input_layer)
     if form == "text":
-        atomic_write(dst, text_format.MessageToString(msg).encode("utf-8"))
+        atomic_write(dst, format_prototxt(msg).encode("utf-8"))
     else:
         atomic_write(dst, msg.SerializeToString())
     for step in steps:

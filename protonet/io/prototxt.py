@@ -1,6 +1,7 @@
 """Text and binary protobuf files with errors that name the place."""
 import contextlib
 import os
+import re
 import tempfile
 
 from google.protobuf import text_format
@@ -116,8 +117,17 @@ def atomic_write(path, data):
         fh.write(data)
 
 
+# `key: 1.0` can only be a float field (strings are quoted, ints have no point, enums are names)
+_INTEGRAL_FLOAT = re.compile(r"^(\s*\w+: -?\d+)\.0$", re.MULTILINE)
+
+
+def format_prototxt(message):
+    """The text form of `message` as Caffe prints it: integral floats without ".0" (`lr_mult: 1`)."""
+    return _INTEGRAL_FLOAT.sub(r"\1", text_format.MessageToString(message))
+
+
 def write_prototxt(message, path):
-    atomic_write(path, text_format.MessageToString(message).encode("utf-8"))
+    atomic_write(path, format_prototxt(message).encode("utf-8"))
 
 
 def write_binary_proto(message, path):
