@@ -126,7 +126,10 @@ def _open_lmdb(layer, ctx):
         raise ProtonetError(f"layer {layer.name}: {path}: LEVELDB is not supported, only LMDB")
     if dp.batch_size <= 0:
         raise ProtonetError(f"layer {layer.name}: data_param.batch_size must be positive")
-    return LmdbReader(path)
+    try:
+        return LmdbReader(path)
+    except ProtonetError as exc:
+        raise ProtonetError(f"layer {layer.name}: data_param.source: {exc}") from None
 
 
 def _skip(param_rand_skip, ctx):
