@@ -212,10 +212,13 @@ def test_net_forward_gives_the_golden_blobs(fixtures):
 
 
 def test_ssd_train_transform_through_the_layer(fixtures):
-    import sys
+    import importlib.util
 
-    sys.path.insert(0, str(fixtures.parents[1] / "bench"))
-    from bench_data import SAMPLERS, TRAIN_TRANSFORM
+    spec = importlib.util.spec_from_file_location(
+        "bench_data", fixtures.parents[1] / "bench/bench_data.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    SAMPLERS, TRAIN_TRANSFORM = bench.SAMPLERS, bench.TRAIN_TRANSFORM
 
     text = (f'name: "data" type: "AnnotatedData" top: "data" top: "label" '
             f'data_param {{ source: "lmdb/annoset_encoded_lmdb" batch_size: 4 backend: LMDB }} '
