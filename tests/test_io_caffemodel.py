@@ -187,3 +187,55 @@ def test_legacy_blobs_fit_shapes_counted_from_the_end_as_in_caffe():
         blob_to_array(weight, shape=(6,))
     current = array_to_blob(np.zeros((2, 3), np.float32))
     assert blob_fits_shape(current, (2, 3)) and not blob_fits_shape(current, (1, 1, 2, 3))
+
+
+def _assert_same_arrays(got, want):
+    assert list(got) == list(want)
+    for name in want:
+        assert len(got[name]) == len(want[name])
+        for a, b in zip(got[name], want[name]):
+            assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def test_direct_array_reader_matches_the_message_reader(fixtures, tmp_path):
+    from protonet.io import read_caffemodel_arrays
+
+    path = fixtures / "io" / "tiny_ssd.caffemodel"
+    arrays = read_caffemodel_arrays(path)
+    _assert_same_arrays(arrays, caffemodel_arrays(read_caffemodel(path)))
+    assert arrays["conv1"][0].flags.writeable and arrays["conv1"][0].flags.aligned
+    # legacy 4-D dims, double data, an empty blob and a blob split over two packed chunks
+    net = caffe_pb2.NetParameter()
+    layer = net.layer.add(name="legacy")
+    legacy = layer.blobs.add(num=1, channels=1, height=2, width=3)
+    legacy.data.extend([1, 2, 3, 4, 5, 6])
+    double = layer.blobs.add()
+    double.shape.dim.extend([2])
+    double.double_data.extend([0.1, 1e300])
+    layer.blobs.add().shape.dim.extend([0])
+    net.layer.add(name="no_blobs")
+    split = net.layer.add(name="split")
+    write_caffemodel(net, tmp_path / "odd.caffemodel")
+    first = np.arange(5, dtype=np.float32).tobytes()  # no shape: the blob is 1-D
+    two_chunks = b"\x2a\x14" + first + b"\x2a\x04" + np.float32(7).tobytes()
+    split.blobs.add().ParseFromString(two_chunks)
+    write_caffemodel(net, tmp_path / "odd.caffemodel")
+    got = read_caffemodel_arrays(tmp_path / "odd.caffemodel")
+    _assert_same_arrays(got, caffemodel_arrays(read_caffemodel(tmp_path / "odd.caffemodel")))
+    assert got["legacy"][0].shape == (1, 1, 2, 3) and got["legacy"][1].dtype == np.float64
+    assert got["split"][0].tolist() == [0, 1, 2, 3, 4, 7] and "no_blobs" not in got
+
+
+def test_readers_refuse_files_of_another_kind(fixtures):
+    from protonet.errors import ProtonetError
+    from protonet.io import read_caffemodel_arrays, read_solverstate
+
+    with pytest.raises(ProtonetError, match="tiny_ssd_deploy.prototxt: not a binary NetParameter file "
+                                            r"\(it looks like a text prototxt\)"):
+        read_caffemodel(fixtures / "io" / "tiny_ssd_deploy.prototxt")
+    with pytest.raises(ProtonetError, match="adam_iter_5.solverstate: not a binary NetParameter file"):
+        read_caffemodel(fixtures / "io" / "adam_iter_5.solverstate")
+    with pytest.raises(ProtonetError, match="tiny_ssd.caffemodel: not a binary SolverState file"):
+        read_solverstate(fixtures / "io" / "tiny_ssd.caffemodel")
+    with pytest.raises(ProtonetError, match="tiny_ssd_deploy.prototxt: not a valid binary caffemodel"):
+        read_caffemodel_arrays(fixtures / "io" / "tiny_ssd_deploy.prototxt")

@@ -111,6 +111,10 @@ def test_v1_caffemodel_upgrades_to_the_same_layers_and_blobs_as_its_v2_twin(tmp_
     assert old == new
     assert [(l.name, l.type) for l in old.layer] == [(l.name, l.type) for l in new.layer]
     old_arrays, new_arrays = caffemodel_arrays(old), caffemodel_arrays(new)
+    from protonet.io import read_caffemodel_arrays
+
+    for name, arrays in read_caffemodel_arrays(tmp_path / "v1.caffemodel").items():
+        assert [a.tobytes() for a in arrays] == [a.tobytes() for a in old_arrays[name]]
     assert list(old_arrays) == ["conv1", "ip1"]
     for name in W:
         for got, want, orig in zip(old_arrays[name], new_arrays[name], W[name]):
@@ -223,3 +227,17 @@ def test_current_net_is_unchanged(fixtures):
     before = text_format.MessageToString(net)
     assert upgrade_net(net) == []
     assert text_format.MessageToString(net) == before
+
+
+def test_v0_caffemodel_blobs_come_from_the_v0_layers(tmp_path):
+    from protonet.io import array_to_blob, read_caffemodel_arrays
+
+    net = parse_prototxt(V0_NET, caffe_pb2.NetParameter())
+    conv = net.layers[1].layer
+    conv.blobs.add().CopyFrom(array_to_blob(W["conv1"][0]))
+    write_caffemodel(net, tmp_path / "v0.caffemodel")
+    upgraded = read_caffemodel(tmp_path / "v0.caffemodel")
+    assert [l.name for l in upgraded.layer][:2] == ["conv1", "relu1"]
+    for arrays in (caffemodel_arrays(upgraded), read_caffemodel_arrays(tmp_path / "v0.caffemodel")):
+        assert list(arrays) == ["conv1"]
+        np.testing.assert_array_equal(arrays["conv1"][0], W["conv1"][0])

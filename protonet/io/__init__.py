@@ -13,7 +13,12 @@ from protonet.io.prototxt import (  # noqa: F401
 )
 from protonet.io.blobs import array_to_blob, blob_fits_shape, blob_shape, blob_to_array  # noqa: F401
 from protonet.io.upgrade import upgrade_net, upgrade_solver  # noqa: F401
-from protonet.io.caffemodel import caffemodel_arrays, read_caffemodel, write_caffemodel  # noqa: F401
+from protonet.io.caffemodel import (  # noqa: F401
+    caffemodel_arrays,
+    read_caffemodel,
+    read_caffemodel_arrays,
+    write_caffemodel,
+)
 from protonet.io.solverstate import (  # noqa: F401
     make_solverstate,
     read_solverstate,

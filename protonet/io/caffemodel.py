@@ -8,9 +8,12 @@ WriteProtoToBinaryFile give.
 import collections
 import os
 
+import numpy as np
+
 from protonet import caffe_pb2
+from protonet.errors import ProtonetError
 from protonet.io.blobs import blob_field_pieces, blob_to_array, serialize_around, varint
-from protonet.io.prototxt import atomic_open, read_binary_proto
+from protonet.io.prototxt import _read_bytes, atomic_open, iter_wire, read_binary_proto, read_varint
 from protonet.io.upgrade import upgrade_net
 
 _NET_LAYER = 100  # NetParameter.layer, its last field
@@ -29,6 +32,88 @@ def caffemodel_arrays(net_param):
     """Layer name -> list of its blobs as float arrays, for the layers that have blobs, in file order."""
     return collections.OrderedDict(
         (layer.name, [blob_to_array(b) for b in layer.blobs]) for layer in net_param.layer if len(layer.blobs))
+
+
+def _wire_blob(buf, start, size):
+    """A BlobProto's array straight from its bytes (legacy 4-D fields win over `shape`, as in Caffe)."""
+    legacy, dims = {}, []
+    chunks = {"f": [], "d": []}
+    for number, wire, value in iter_wire(buf, start, start + size):
+        if number in (1, 2, 3, 4) and wire == 0:
+            legacy[number] = value - (1 << 64) if value >= 1 << 63 else value
+        elif number == 7 and wire == 2:
+            for dim_number, dim_wire, dim in iter_wire(buf, value[0], value[0] + value[1]):
+                if dim_number != 1:
+                    continue
+                if dim_wire == 0:
+                    dims.append(dim)
+                else:  # packed
+                    pos, stop = dim[0], dim[0] + dim[1]
+                    while pos < stop:
+                        d, pos = read_varint(buf, pos)
+                        dims.append(d)
+        elif number == 5:  # float data, packed (wire 2) or one value (wire 5)
+            chunks["f"].append(value)
+        elif number == 8:  # double data
+            chunks["d"].append(value)
+    kind, dtype = ("d", "<f8") if chunks["d"] else ("f", "<f4")
+    itemsize = np.dtype(dtype).itemsize
+    if any(n % itemsize for _, n in chunks[kind]):
+        raise ValueError("packed blob data of a length that is not a whole number of values")
+    parts = [np.frombuffer(buf, dtype=dtype, count=n // itemsize, offset=off) for off, n in chunks[kind]]
+    data = (np.concatenate(parts) if len(parts) != 1 else parts[0].copy()) if parts else np.zeros(0, dtype)
+    if legacy:
+        shape = tuple(legacy.get(i, 0) for i in (1, 2, 3, 4))
+    elif dims:
+        shape = tuple(dims)
+    else:
+        shape = (data.size,)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"blob holds {data.size} values but its shape {list(shape)} needs {int(np.prod(shape))}")
+    return data.astype(np.float64 if kind == "d" else np.float32, copy=False).reshape(shape)
+
+
+def _wire_layer(buf, start, size, name_field, blobs_field):
+    name, blobs = "", []
+    for number, wire, value in iter_wire(buf, start, start + size):
+        if number == name_field and wire == 2:
+            name = bytes(buf[value[0]:value[0] + value[1]]).decode("utf-8")
+        elif number == blobs_field and wire == 2:
+            blobs.append(_wire_blob(buf, *value))
+    return name, blobs
+
+
+def read_caffemodel_arrays(path):
+    """Layer name -> list of blob arrays of a .caffemodel (current, V1 or V0), read straight from the file
+    bytes without building protobuf messages: the same as caffemodel_arrays(read_caffemodel(path)), a
+    few times faster and with less memory for VGG-sized files."""
+    path = os.fspath(path)
+    buf = _read_bytes(path)
+    out = collections.OrderedDict()
+    try:
+        top = list(iter_wire(buf))
+        current = [value for number, wire, value in top if number == 100 and wire == 2]
+        old = [value for number, wire, value in top if number == 2 and wire == 2]
+        if current and old:
+            raise ProtonetError(f"{path}: the net has both 'layer' and 'layers' fields; refusing to read an "
+                                f"inconsistent file")
+        if current:
+            layers = [_wire_layer(buf, off, n, 1, 7) for off, n in current]  # LayerParameter name, blobs
+        else:
+            # V1LayerParameter: name 4, blobs 6; one holding a V0 layer (field 1) takes name 1, blobs 50 from it,
+            # and once any layer is V0 every layer is read that way, as Caffe's upgrade does.
+            v0 = [next((v for num, w, v in iter_wire(buf, off, off + n) if num == 1 and w == 2), None)
+                  for off, n in old]
+            if any(v is not None for v in v0):
+                layers = [_wire_layer(buf, *v, 1, 50) if v is not None else ("", []) for v in v0]
+            else:
+                layers = [_wire_layer(buf, off, n, 4, 6) for off, n in old]
+    except ValueError as exc:
+        raise ProtonetError(f"{path}: not a valid binary caffemodel ({exc})") from None
+    for name, blobs in layers:
+        if blobs:
+            out[name] = blobs
+    return out
 
 
 def write_caffemodel(net_param, path, blobs=None):

@@ -16,7 +16,16 @@ from protonet import caffe_pb2
 from protonet.errors import ProtonetError
 from protonet.io import upgrade as upgrade_rules
 from protonet.io.blobs import blob_shape, blob_to_array
-from protonet.io.prototxt import _read_bytes, atomic_write, format_prototxt, parse_binary_proto, parse_prototxt
+from protonet.io.prototxt import (
+    _read_bytes,
+    atomic_write,
+    format_prototxt,
+    looks_like_text,
+    parse_binary_proto,
+    parse_prototxt,
+    wire_fields,
+    wire_fits,
+)
 
 TEXT_KINDS = {"net": caffe_pb2.NetParameter, "solver": caffe_pb2.SolverParameter, "labelmap": caffe_pb2.LabelMap}
 BINARY_KINDS = {"caffemodel": caffe_pb2.NetParameter, "solverstate": caffe_pb2.SolverState,
@@ -59,82 +68,11 @@ def _text_kind(text):
     return best if scores[best] else None
 
 
-_WIRE_TYPES = {  # FieldDescriptor type -> its unpacked wire type
-    1: 1, 6: 1, 16: 1,  # double, fixed64, sfixed64
-    2: 5, 7: 5, 15: 5,  # float, fixed32, sfixed32
-    9: 2, 11: 2, 12: 2,  # string, message, bytes
-}
-
-
-def _binary_fields(data):
-    """Top-level (field number, wire type) pairs of a protobuf message, or None if it is not one."""
-    pos, end, seen = 0, len(data), set()
-
-    def read_varint():
-        nonlocal pos
-        shift = value = 0
-        while True:
-            if pos >= end or shift > 63:
-                raise ValueError
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return value
-            shift += 7
-
-    try:
-        while pos < end:
-            key = read_varint()
-            number, wire = key >> 3, key & 7
-            if number == 0:
-                return None
-            if wire == 0:
-                read_varint()
-            elif wire == 1:
-                pos += 8
-            elif wire == 2:
-                length = read_varint()  # read before `pos +=` loads pos
-                pos += length
-            elif wire == 5:
-                pos += 4
-            else:
-                return None
-            if pos > end:
-                return None
-            seen.add((number, wire))
-    except ValueError:
-        return None
-    return seen
-
-
-def _binary_fits(fields, cls):
-    by_number = {fd.number: fd for fd in cls.DESCRIPTOR.fields}
-    for number, wire in fields:
-        fd = by_number.get(number)
-        if fd is None:
-            return False
-        expected = _WIRE_TYPES.get(fd.type, 0)
-        if wire != expected and not (fd.is_repeated and wire == 2):
-            return False
-    return True
-
-
-def _looks_like_text(data):
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    if any(ord(c) < 32 and c not in "\t\n\r\f\v" for c in text):
-        return None
-    return text
-
-
 def load_any(path):
     """(kind, message, form) of a Caffe file, form being "text" or "binary"; messages not upgraded."""
     path = os.fspath(path)
     data = _read_bytes(path)
-    text = _looks_like_text(data)
+    text = looks_like_text(data)
     if text is not None:
         kind = _text_kind(text)
         if kind is None:
@@ -143,10 +81,10 @@ def load_any(path):
             # no known field name: let the net parser say what is wrong where
             kind = "net"
         return kind, parse_prototxt(text, TEXT_KINDS[kind](), filename=path), "text"
-    fields = _binary_fields(data)
+    fields = wire_fields(data)
     if fields:
         for kind, cls in BINARY_KINDS.items():
-            if _binary_fits(fields, cls):
+            if wire_fits(fields, cls):
                 return kind, parse_binary_proto(data, cls, path), "binary"
     raise ProtonetError(f"{path}: neither a text prototxt nor a binary caffemodel, solverstate or binaryproto")
 

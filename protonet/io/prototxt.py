@@ -66,7 +66,89 @@ def read_prototxt(path, message_cls):
     return parse_prototxt(read_text(path), message_cls(), filename=os.fspath(path))
 
 
+def looks_like_text(data):
+    """The text of `data` if it is UTF-8 without control characters (binary protos have them), else None."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if any(ord(c) < 32 and c not in "\t\n\r\f\v" for c in text):
+        return None
+    return text
+
+
+def read_varint(buf, pos):
+    """(value, position after it) of the base-128 varint at `pos`; ValueError past the end."""
+    shift = value = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def iter_wire(buf, start=0, end=None):
+    """(field number, wire type, value) of the fields of one serialized message in buf[start:end]:
+    value is the int of a varint, or (offset, length) of a length-delimited or fixed-size payload.
+    ValueError when the bytes are not a message."""
+    pos, end = start, len(buf) if end is None else end
+    while pos < end:
+        key, pos = read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            value, pos = read_varint(buf, pos)
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, pos = (pos, size), pos + size
+        elif wire == 2:
+            size, pos = read_varint(buf, pos)
+            value, pos = (pos, size), pos + size
+        else:
+            raise ValueError(f"wire type {wire}")
+        if pos > end:
+            raise ValueError("truncated field")
+        yield number, wire, value
+
+
+def wire_fields(data):
+    """The set of top-level (field number, wire type) of a serialized message, None if it is not one."""
+    try:
+        return {(number, wire) for number, wire, _ in iter_wire(data)}
+    except ValueError:
+        return None
+
+
+_WIRE_TYPES = {  # FieldDescriptor type -> its unpacked wire type (others: varint, 0)
+    1: 1, 6: 1, 16: 1,  # double, fixed64, sfixed64
+    2: 5, 7: 5, 15: 5,  # float, fixed32, sfixed32
+    9: 2, 11: 2, 12: 2,  # string, message, bytes
+}
+
+
+def wire_fits(fields, message_cls):
+    """Whether every (field number, wire type) is a field of `message_cls` with that wire type."""
+    by_number = {fd.number: fd for fd in message_cls.DESCRIPTOR.fields}
+    for number, wire in fields:
+        fd = by_number.get(number)
+        if fd is None:
+            return False
+        if wire != _WIRE_TYPES.get(fd.type, 0) and not (fd.is_repeated and wire == 2):
+            return False
+    return True
+
+
 def parse_binary_proto(data, message_cls, filename="<bytes>"):
+    """A `message_cls` from serialized bytes; bytes that are not that message are an error naming the file."""
+    fields = wire_fields(data)
+    if fields is None or not wire_fits(fields, message_cls):
+        hint = " (it looks like a text prototxt)" if looks_like_text(data) is not None else ""
+        raise ProtonetError(f"{filename}: not a binary {message_cls.DESCRIPTOR.name} file{hint}")
     msg = message_cls()
     try:
         msg.ParseFromString(data)
