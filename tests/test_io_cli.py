@@ -121,7 +121,8 @@ def test_upgrade_reports_parameters_without_a_place(tmp_path):
     result = protonet("upgrade", tmp_path / "v0.prototxt", tmp_path / "new.prototxt")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "protonet: warning: " in result.stderr and "unknown parameter kernelsize for layer type relu" in result.stderr
+    assert "protonet: warning: " in result.stderr
+    assert "unknown parameter kernelsize for layer type relu" in result.stderr
     assert read_prototxt(tmp_path / "new.prototxt", caffe_pb2.NetParameter).layer[0].type == "ReLU"
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
 from protonet.io.blobs import blob_field_pieces, blob_to_array, serialize_around, varint
-from protonet.io.prototxt import _read_bytes, atomic_open, iter_wire, read_binary_proto, read_varint
+from protonet.io.prototxt import read_bytes, atomic_open, iter_wire, read_binary_proto, read_varint
 from protonet.io.upgrade import upgrade_net
 
 _NET_LAYER = 100  # NetParameter.layer, its last field
@@ -88,7 +88,7 @@ def read_caffemodel_arrays(path):
     bytes without building protobuf messages: the same as caffemodel_arrays(read_caffemodel(path)), a
     few times faster and with less memory for VGG-sized files."""
     path = os.fspath(path)
-    buf = _read_bytes(path)
+    buf = read_bytes(path)
     out = collections.OrderedDict()
     try:
         top = list(iter_wire(buf))

@@ -17,7 +17,7 @@ from protonet.errors import ProtonetError
 from protonet.io import upgrade as upgrade_rules
 from protonet.io.blobs import blob_shape, blob_to_array
 from protonet.io.prototxt import (
-    _read_bytes,
+    read_bytes,
     atomic_write,
     format_prototxt,
     looks_like_text,
@@ -71,7 +71,7 @@ def _text_kind(text):
 def load_any(path):
     """(kind, message, form) of a Caffe file, form being "text" or "binary"; messages not upgraded."""
     path = os.fspath(path)
-    data = _read_bytes(path)
+    data = read_bytes(path)
     text = looks_like_text(data)
     if text is not None:
         kind = _text_kind(text)

@@ -40,7 +40,8 @@ def parse_prototxt(text, message, filename="<string>"):
     return message
 
 
-def _read_bytes(path):
+def read_bytes(path):
+    """The bytes of a file; a missing or unreadable file is an error naming the path."""
     try:
         with open(path, "rb") as fh:
             return fh.read()
@@ -54,7 +55,7 @@ def _read_bytes(path):
 
 def read_text(path):
     """The file as text; a binary file is an error naming the path."""
-    data = _read_bytes(os.fspath(path))
+    data = read_bytes(os.fspath(path))
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -159,7 +160,7 @@ def parse_binary_proto(data, message_cls, filename="<bytes>"):
 
 def read_binary_proto(path, message_cls):
     """Read a binary proto file (caffemodel, solverstate, binaryproto mean)."""
-    return parse_binary_proto(_read_bytes(os.fspath(path)), message_cls, os.fspath(path))
+    return parse_binary_proto(read_bytes(os.fspath(path)), message_cls, os.fspath(path))
 
 
 @contextlib.contextmanager
