@@ -160,20 +160,38 @@ def test_written_caffemodel_loads_in_opencv_and_computes_the_reference(tmp_path)
 
 
 @pytest.mark.slow
-def test_vgg_sized_write_and_read(tmp_path):
-    """~138M floats (VGG16): streamed write and read back; checks size and a sample of values."""
-    rng = np.random.default_rng(0)
-    shapes = {"conv%d" % i: [(512, 512, 3, 3), (512,)] for i in range(12)}
+def test_vgg16_sized_write_and_read(tmp_path):
+    """VGG16's 138M floats: streamed write and both readers give the values back (prints MB/s; -s)."""
+    import time
+
+    from protonet.io import read_caffemodel_arrays
+
+    vgg = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256), (256, 512),
+           (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+    shapes = {f"conv{i}": [(cout, cin, 3, 3), (cout,)] for i, (cin, cout) in enumerate(vgg)}
     shapes.update(fc6=[(4096, 25088), (4096,)], fc7=[(4096, 4096), (4096,)], fc8=[(1000, 4096), (1000,)])
-    blobs = {k: [rng.standard_normal(s, dtype=np.float32) for s in v] for k, v in shapes.items()}
-    net = caffe_pb2.NetParameter(name="vgg")
+    blobs = {k: [torch.randn(s) for s in v] for k, v in shapes.items()}
+    megabytes = sum(t.numel() for v in blobs.values() for t in v) * 4 / 1e6
+    net = caffe_pb2.NetParameter(name="vgg16")
     for name in shapes:
-        net.layer.add(name=name, type="InnerProduct")
-    write_caffemodel(net, tmp_path / "vgg.caffemodel", blobs=blobs)
-    back = caffemodel_arrays(read_caffemodel(tmp_path / "vgg.caffemodel"))
-    for name, arrays in blobs.items():
-        for got, want in zip(back[name], arrays):
-            np.testing.assert_array_equal(got, want)
+        net.layer.add(name=name, type="Convolution" if name.startswith("conv") else "InnerProduct")
+    path = tmp_path / "vgg16.caffemodel"
+    start = time.perf_counter()
+    write_caffemodel(net, path, blobs=blobs)
+    written = time.perf_counter()
+    direct = read_caffemodel_arrays(path)
+    read = time.perf_counter()
+    print(f"\nVGG16 {megabytes:.0f} MB: write {megabytes / (written - start):.0f} MB/s, "
+          f"read_caffemodel_arrays {megabytes / (read - written):.0f} MB/s")
+    assert os.path.getsize(path) > megabytes * 1e6
+    for name, tensors in blobs.items():
+        for got, want in zip(direct[name], tensors):
+            np.testing.assert_array_equal(got, want.numpy())
+    del direct
+    back = caffemodel_arrays(read_caffemodel(path))
+    for name, tensors in blobs.items():
+        for got, want in zip(back[name], tensors):
+            np.testing.assert_array_equal(got, want.numpy())
 
 
 def test_legacy_blobs_fit_shapes_counted_from_the_end_as_in_caffe():
