@@ -118,3 +118,12 @@ def test_written_text_is_the_text_the_caffe_scripts_wrote(fixtures, tmp_path, na
     assert format_prototxt(message).rstrip("\n") == path.read_text().rstrip("\n")
     write_prototxt(message, tmp_path / "out.prototxt")
     assert (tmp_path / "out.prototxt").read_text() == format_prototxt(message)
+
+
+def test_comments_in_another_encoding_parse_as_in_caffe(tmp_path):
+    path = tmp_path / "gbk.prototxt"
+    path.write_bytes('name: "n"  # 网络\nlayer { name: "a" type: "ReLU" }  # 激活\n'.encode("gbk"))
+    assert read_net_prototxt(path).layer[0].name == "a"
+    path.write_bytes('name: "网络"\n'.encode("gbk"))
+    with pytest.raises(PrototxtError, match=r"gbk.prototxt:1:7: a string value that is not UTF-8"):
+        read_net_prototxt(path)

@@ -24,7 +24,10 @@ def _clean_parse_message(msg, line, col, text):
             quoted = f"'{lines[line - 1]}': "
             if msg.startswith(quoted):
                 msg = msg[len(quoted):]
-    return " ".join(msg.split())
+    if "surrogates not allowed" in msg:
+        msg = "a string value that is not UTF-8"
+    # bytes that were not UTF-8 stay printable as escapes
+    return " ".join(msg.encode("utf-8", "backslashreplace").decode("utf-8").split())
 
 
 def parse_prototxt(text, message, filename="<string>"):
@@ -54,12 +57,11 @@ def read_bytes(path):
 
 
 def read_text(path):
-    """The file as text; a binary file is an error naming the path."""
-    data = read_bytes(os.fspath(path))
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PrototxtError(f"{path}:1:1: not a text file (is it a binary proto?)") from None
+    """The file as text; a binary file is an error naming the path (see looks_like_text)."""
+    text = looks_like_text(read_bytes(os.fspath(path)))
+    if text is None:
+        raise PrototxtError(f"{path}:1:1: not a text file (is it a binary proto?)")
+    return text
 
 
 def read_prototxt(path, message_cls):
@@ -68,11 +70,11 @@ def read_prototxt(path, message_cls):
 
 
 def looks_like_text(data):
-    """The text of `data` if it is UTF-8 without control characters (binary protos have them), else None."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    """The text of `data`, or None when it has control characters (binary protos always do).
+
+    Bytes that are not UTF-8 (a comment in GBK or Latin-1) are kept as surrogates: the parser skips
+    them in comments, as Caffe's does, and reports them where a string value holds them."""
+    text = data.decode("utf-8", "surrogateescape")
     if any(ord(c) < 32 and c not in "\t\n\r\f\v" for c in text):
         return None
     return text
