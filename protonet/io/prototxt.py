@@ -11,6 +11,8 @@ from protonet.errors import ProtonetError, PrototxtError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+# bytes below 32 other than \t \n \v \f \r: never in a text proto, always early in a binary one
+_CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0e-\x1f]")
 
 
 def _clean_parse_message(msg, line, col, text):
@@ -74,10 +76,9 @@ def looks_like_text(data):
 
     Bytes that are not UTF-8 (a comment in GBK or Latin-1) are kept as surrogates: the parser skips
     them in comments, as Caffe's does, and reports them where a string value holds them."""
-    text = data.decode("utf-8", "surrogateescape")
-    if any(ord(c) < 32 and c not in "\t\n\r\f\v" for c in text):
+    if _CONTROL_BYTE.search(data):
         return None
-    return text
+    return data.decode("utf-8", "surrogateescape")
 
 
 def read_varint(buf, pos):
