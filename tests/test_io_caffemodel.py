@@ -258,3 +258,10 @@ def test_readers_refuse_files_of_another_kind(fixtures):
         read_solverstate(fixtures / "io" / "tiny_ssd.caffemodel")
     with pytest.raises(ProtonetError, match="tiny_ssd_deploy.prototxt: not a valid binary caffemodel"):
         read_caffemodel_arrays(fixtures / "io" / "tiny_ssd_deploy.prototxt")
+
+
+def test_fields_of_another_fork_are_kept_as_unknown(fixtures, tmp_path):
+    extra = b"\xc0\x3e\x05"  # field 1000, varint 5: not in our schema
+    (tmp_path / "fork.caffemodel").write_bytes((fixtures / "io" / "tiny_ssd.caffemodel").read_bytes() + extra)
+    net = read_caffemodel(tmp_path / "fork.caffemodel")
+    assert len(net.layer) == 39

@@ -135,22 +135,29 @@ _WIRE_TYPES = {  # FieldDescriptor type -> its unpacked wire type (others: varin
 }
 
 
-def wire_fits(fields, message_cls):
-    """Whether every (field number, wire type) is a field of `message_cls` with that wire type."""
+def wire_fits(fields, message_cls, allow_unknown=False):
+    """Whether every (field number, wire type) is a field of `message_cls` with that wire type.
+
+    With `allow_unknown`, numbers the schema does not know pass (protobuf keeps them as unknown
+    fields, as Caffe's parser does with another fork's additions) as long as some field is known."""
     by_number = {fd.number: fd for fd in message_cls.DESCRIPTOR.fields}
+    known = False
     for number, wire in fields:
         fd = by_number.get(number)
         if fd is None:
+            if allow_unknown:
+                continue
             return False
         if wire != _WIRE_TYPES.get(fd.type, 0) and not (fd.is_repeated and wire == 2):
             return False
-    return True
+        known = True
+    return known or not fields
 
 
 def parse_binary_proto(data, message_cls, filename="<bytes>"):
     """A `message_cls` from serialized bytes; bytes that are not that message are an error naming the file."""
     fields = wire_fields(data)
-    if fields is None or not wire_fits(fields, message_cls):
+    if fields is None or not wire_fits(fields, message_cls, allow_unknown=True):
         hint = " (it looks like a text prototxt)" if looks_like_text(data) is not None else ""
         raise ProtonetError(f"{filename}: not a binary {message_cls.DESCRIPTOR.name} file{hint}")
     msg = message_cls()
