@@ -103,3 +103,13 @@ def test_weights_and_snapshot_are_exclusive_and_bad_state_is_named(fixtures, tmp
             solver.restore("solver/sgd_multistep/sgd_multistep_iter_10.solverstate")
         with pytest.raises(ProtonetError, match="nope.solverstate"):
             solver.restore("nope.solverstate")
+
+
+def test_unwritable_snapshot_prefix_fails_at_start(fixtures, tmp_path, monkeypatch):
+    from protonet.errors import ProtonetError
+
+    monkeypatch.chdir(fixtures)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with captured_log(), pytest.raises(ProtonetError, match="snapshot_prefix .*cannot write snapshots"):
+        make_solver("solver/adam/solver.prototxt", prefix=blocker / "sub" / "p")

@@ -111,6 +111,7 @@ class Solver:
         self._scaler = _LossScaler() if self.options.amp == "fp16" else None
         self._skip_batches = 0
         if self.is_root:
+            self._check_snapshot_writable()
             log.info("Solver scaffolding done.")
 
     # ------------------------------------------------------------------ nets
@@ -213,6 +214,23 @@ class Solver:
             self.net.load_weights(path)
             for net in self.test_nets:
                 net.load_weights(path)
+
+    def _check_snapshot_writable(self):
+        """Caffe's CheckSnapshotWritePermissions, at start rather than after hours of training
+        (the directory is created if missing, where Caffe would stop)."""
+        p = self.param
+        if not (p.snapshot or p.snapshot_after_train):
+            return
+        directory = os.path.dirname(os.path.abspath(self.snapshot_filename(".tempfile")))
+        probe = os.path.join(directory, f".protonet-probe-{os.getpid()}")
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with open(probe, "wb"):
+                pass
+            os.unlink(probe)
+        except OSError as exc:
+            raise ProtonetError(f"snapshot_prefix '{p.snapshot_prefix}': cannot write snapshots in {directory} "
+                                f"({exc.strerror})") from None
 
     def snapshot_filename(self, extension):
         prefix = self.param.snapshot_prefix
