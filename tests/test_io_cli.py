@@ -158,3 +158,15 @@ def test_missing_file_and_wrong_kind(tmp_path, fixtures):
     assert_user_error(protonet("inspect", junk), f"{junk}: neither a text prototxt nor a binary")
     labelmap = fixtures / "io" / "labelmap.prototxt"
     assert_user_error(protonet("upgrade", labelmap, tmp_path / "x"), f"{labelmap}: a labelmap file has no older")
+
+
+def test_inspect_shapes_of_a_deploy_net(fixtures):
+    result = protonet("inspect", "--shapes", fixtures / "io" / "tiny_ssd_deploy.prototxt")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert rows["input"][1:3] == ["Input", "[1,3,300,300]"]
+    assert rows["conv1"][1:3] == ["Convolution", "[1,8,150,150]"]
+    assert rows["conv3"][2] == "[1,16,38,38]"
+    assert rows["detection_out"][1:3] == ["DetectionOutput", "[1,1,1,7]"]
+    labels = fixtures / "io" / "labelmap.prototxt"
+    assert_user_error(protonet("inspect", "--shapes", labels), f"{labels}: --shapes needs a net prototxt")

@@ -188,9 +188,27 @@ def upgrade_loaded(kind, msg, path, input_fields_to_layer=False):
     raise ProtonetError(f"{path}: a {kind} file has no older form to upgrade")
 
 
+def _describe_shapes(net_param, path, phase):
+    """The layers a net builds in `phase`, with the shapes of their tops, as Caffe infers them."""
+    from protonet.net import Net
+
+    net = Net(net_param, phase=phase)
+    rows = []
+    for lparam in net.net_param.layer:
+        tops = " ".join(_shape_text(net.blob_shapes[t]) for t in lparam.top) or "-"
+        flow = f"{', '.join(lparam.bottom) or '-'} -> {', '.join(lparam.top) or '-'}"
+        rows.append((lparam.name, lparam.type, tops, flow))
+    head = f"{path}: net {net.name or '(unnamed)'} in phase {phase.upper()}, {len(rows)} layers, top shapes:"
+    return [head] + [line.rstrip() for line in _table(rows)]
+
+
 @click.command("inspect")
 @click.argument("file")
-def inspect_command(file):
+@click.option("--shapes", is_flag=True,
+              help="For a net: build it (weights from the fillers) and print the shape of every top.")
+@click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST",
+              show_default=True, help="The phase whose layers --shapes builds.")
+def inspect_command(file, shapes, phase):
     """Print what FILE holds: layers (name, type, bottoms -> tops) of a net prototxt, layers and blob
     shapes of a .caffemodel, a solver, label map, solverstate or binaryproto blob.
 
@@ -198,6 +216,11 @@ def inspect_command(file):
     kind, msg, _ = load_any(file)
     if kind in ("net", "caffemodel", "solver"):
         upgrade_loaded(kind, msg, file)
+    if shapes:
+        if kind != "net":
+            raise ProtonetError(f"{file}: --shapes needs a net prototxt, this is a {kind} file")
+        click.echo("\n".join(_describe_shapes(msg, file, phase)))
+        return
     click.echo("\n".join(_describe(kind, msg, file)))
 
 
