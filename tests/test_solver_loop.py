@@ -1,0 +1,29 @@
+"""Loop details: smoothed loss over average_loss, test_interval/test_initialization schedule."""
+import numpy as np
+
+from solver_util import captured_log, make_solver, messages, one_thread  # noqa: F401
+
+
+def test_smoothed_loss_is_caffes_running_window(fixtures, monkeypatch):
+    monkeypatch.chdir(fixtures)
+    with captured_log():
+        solver = make_solver("solver/adam/solver.prototxt", average_loss=3)
+    out = []
+    for it, loss in enumerate([1.0, 2.0, 3.0, 4.0, 5.0, 9.0]):
+        solver.progress.iter = it
+        solver._update_smoothed_loss(np.float32(loss), 0)
+        out.append(float(solver.smoothed_loss))
+    assert out == [1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+
+
+def test_test_schedule_and_final_test(fixtures, monkeypatch, tmp_path):
+    # test_interval 2 over 5 iterations without test_initialization: tests at 2 and 4, none at 0,
+    # and none after the last iteration (5 is not a multiple of 2)
+    monkeypatch.chdir(fixtures)
+    with captured_log() as stream:
+        solver = make_solver("eval/map_11point/solver.prototxt", prefix=tmp_path / "t", test_initialization=False,
+                             test_interval=2, max_iter=5, show_per_class_result=False)
+        solver.solve()
+    tests = [m for m in messages(stream.getvalue()) if "Testing net" in m]
+    assert tests == ["Iteration 2, Testing net (#0)", "Iteration 4, Testing net (#0)"]
+    assert (tmp_path / "t_iter_5.caffemodel").exists() is False  # snapshot_after_train: false in this solver
