@@ -233,16 +233,25 @@ def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1):
     """
     R, P = scores.shape
     device = scores.device
-    passing = scores > score_threshold
-    count = passing.sum(dim=1)
-    K = int(count.max()) if R > 0 and P > 0 else 0
+    # Candidates (row, index) in row-major order, sorted per row by score with ties in index
+    # order: a stable sort by score, then a stable sort by row. The cost follows the number
+    # of candidates, not rows x priors.
+    row, idx = (scores > score_threshold).nonzero(as_tuple=True)
+    by_score = torch.sort(scores[row, idx], descending=True, stable=True).indices
+    by_row = torch.sort(row[by_score], stable=True).indices
+    picked = by_score[by_row]
+    row, idx = row[picked], idx[picked]
+    count = torch.bincount(row, minlength=R)
+    K = int(count.max()) if row.numel() else 0
     if top_k > -1:
         K = min(K, top_k)
     if K == 0:
         return (torch.zeros((R, 0), dtype=torch.long, device=device),
                 torch.zeros((R, 0), dtype=torch.bool, device=device))
-    masked = torch.where(passing, scores, torch.full_like(scores, float("-inf")))
-    order = stable_topk_desc(masked, K, dim=1)
+    rank = torch.arange(row.numel(), device=device) - (torch.cumsum(count, 0) - count)[row]
+    inside = rank < K
+    order = torch.zeros((R, K), dtype=torch.long, device=device)
+    order[row[inside], rank[inside]] = idx[inside]
     valid = torch.arange(K, device=device)[None, :] < count[:, None]
     cand = torch.gather(boxes, 1, order[:, :, None].expand(R, K, 4))
     table = nms_thresholds(nms_threshold, eta, K).to(device) if eta < 1 else None
@@ -260,7 +269,7 @@ def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1):
     return order, _greedy(over, valid, table)
 
 
-NMS_BLOCK_ELEMENTS = 1 << 20
+NMS_BLOCK_ELEMENTS = 1 << 23
 
 
 def _greedy(over, valid, table):

@@ -492,10 +492,13 @@ class MultiBoxLoss(Layer):
             else:
                 num_sel = n_elig.clamp(max=int(p.sample_size))
             masked = torch.where(eligible, loss, torch.full_like(loss, float("-inf")))
-            order = box.stable_topk_desc(masked, P, dim=1) if P else masked.long()
-            rank = torch.empty_like(order)
-            rank.scatter_(1, order, torch.arange(P, device=order.device).expand(N, P))
-            selected = eligible & (rank < num_sel[:, None])
+            k = int(num_sel.max()) if N else 0
+            selected = torch.zeros_like(eligible)
+            if k > 0:
+                top = box.stable_topk_desc(masked, k, dim=1)
+                take = torch.arange(k, device=top.device)[None, :] < num_sel[:, None]
+                selected.scatter_(1, top, take)
+            selected &= eligible
             if self.mining == MBL.HARD_EXAMPLE:
                 idx = torch.where((idx > -1) & ~selected, torch.full_like(idx, -1), idx)
                 index = idx[:, None]
