@@ -187,3 +187,16 @@ def test_make_message_and_compat_solver_parameter():
     assert compat_pb2.Phase.Value("TEST") == compat_pb2.TEST == 1
     with pytest.raises(ProtonetError, match="iter_size"):
         compat_pb2.SolverParameter(iter_size=0.5)
+
+
+def test_from_protonet_import_layers_works_after_the_layer_package_is_loaded():
+    """`protonet.layers` is also the package of layer implementations: once it is imported,
+    `from protonet import layers as L` finds the package, whose Caffe type names still give
+    NetSpec layers."""
+    import protonet.layers  # noqa: F401  (the implementations: registers every type)
+    from protonet import NetSpec, layers as L, params as P
+
+    n = NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, 8, 8]))
+    n.pool = L.Pooling(n.data, pool=P.Pooling.MAX, kernel_size=2)
+    assert [layer.type for layer in n.to_proto().layer] == ["Input", "Pooling"]

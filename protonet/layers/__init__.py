@@ -10,3 +10,13 @@ for _family in ("common", "vision", "neuron", "normalization", "loss", "detectio
     except ModuleNotFoundError as _exc:
         if _exc.name != f"protonet.layers.{_family}":
             raise
+
+
+def __getattr__(name):
+    # Once this package is imported, `from protonet import layers as L` finds it rather than the
+    # NetSpec DSL of the same name; Caffe type names (L.Convolution, ...) still build NetSpec layers.
+    if name[:1].isupper():
+        from protonet.spec.net_spec import layers as netspec_layers
+
+        return getattr(netspec_layers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
