@@ -8,9 +8,9 @@ resolve to protonet (RefineDet's model_libs when the script calls CreateRefineDe
 fork's otherwise; `--flavor` decides), and Python 2's `xrange` is there.
 
 What gen changes about running a script:
-* Jobs are not started by the script. A script that launches its job (`run_soon = True`:
-  `subprocess.call(job_file, shell=True)`) has the launch held back; `--run` starts it (and the
-  job scripts protonet's examples write) once the script has finished.
+* Jobs are not started by the script. A script that launches a file it wrote (`run_soon = True`:
+  `subprocess.call(job_file, shell=True)`) has that launch held back; `--run` starts it (and the
+  job scripts protonet's examples write) once the script has finished. Other commands run.
 * A job script that the script writes with Caffe's `./build/tools/caffe train ...` is rewritten
   to `protonet train ...` (same flags), so the job trains with protonet.
 * Missing data or weights (a `check_if_exist` that fails, or protonet's examples'
@@ -20,6 +20,7 @@ What gen changes about running a script:
 import builtins
 import os
 import re
+import shlex
 import subprocess
 import sys
 import traceback
@@ -39,24 +40,66 @@ def detect_flavor(source):
 
 
 class _HeldLaunches:
-    """Stands in for subprocess.call & co. while a script runs: records the command instead."""
+    """Stands in for subprocess.call & co. while a script runs: a command that starts a file the
+    script wrote (its job script) is recorded instead of run; any other command runs as usual."""
 
-    def __init__(self):
+    def __init__(self, written_paths):
         self.commands = []
-        self._popen = subprocess.Popen  # the real one, for the stand-in process below
+        self._written = written_paths
+        self.real = {"call": subprocess.call, "check_call": subprocess.check_call, "run": subprocess.run,
+                     "Popen": subprocess.Popen, "system": os.system}
 
-    def hold(self, *args, **kwargs):
-        command = args[0] if args else kwargs.get("args")
-        self.commands.append(command if isinstance(command, str) else " ".join(map(str, command)))
-        return 0
+    def _is_job(self, command):
+        if isinstance(command, (str, bytes, os.PathLike)):
+            try:
+                words = shlex.split(os.fsdecode(command))
+            except ValueError:
+                words = os.fsdecode(command).split()
+        else:
+            words = [os.fsdecode(word) for word in command]
+        if not words:
+            return False
+        program = os.path.abspath(words[0])
+        return program in self._written or program in jobs.job_scripts
 
-    def popen(self, *args, **kwargs):
-        self.hold(*args, **kwargs)
-        return self._popen(["true"])  # a process that has nothing to do, so wait()/communicate() work
+    def _hold(self, command):
+        if not self._is_job(command):
+            return False
+        self.commands.append(os.fsdecode(command) if isinstance(command, (str, bytes, os.PathLike))
+                             else " ".join(map(os.fsdecode, command)))
+        return True
+
+    @staticmethod
+    def _command(args, kwargs):
+        return args[0] if args else kwargs.get("args")
+
+    def call(self, *args, **kwargs):
+        return 0 if self._hold(self._command(args, kwargs)) else self.real["call"](*args, **kwargs)
+
+    def check_call(self, *args, **kwargs):
+        return 0 if self._hold(self._command(args, kwargs)) else self.real["check_call"](*args, **kwargs)
 
     def run(self, *args, **kwargs):
-        self.hold(*args, **kwargs)
-        return subprocess.CompletedProcess(args[0] if args else kwargs.get("args"), 0, b"", b"")
+        command = self._command(args, kwargs)
+        if self._hold(command):
+            return subprocess.CompletedProcess(command, 0, b"", b"")
+        return self.real["run"](*args, **kwargs)
+
+    def popen(self, *args, **kwargs):
+        if self._hold(self._command(args, kwargs)):
+            return self.real["Popen"](["true"])  # a process with nothing to do: wait()/communicate() work
+        return self.real["Popen"](*args, **kwargs)
+
+    def system(self, command):
+        return 0 if self._hold(command) else self.real["system"](command)
+
+    def install(self):
+        subprocess.call, subprocess.check_call, subprocess.run = self.call, self.check_call, self.run
+        subprocess.Popen, os.system = self.popen, self.system
+
+    def uninstall(self):
+        subprocess.call, subprocess.check_call = self.real["call"], self.real["check_call"]
+        subprocess.run, subprocess.Popen, os.system = self.real["run"], self.real["Popen"], self.real["system"]
 
 
 class _WriteRecorder:
@@ -126,13 +169,10 @@ def run_script(script, root=None, flavor=None, echo=None):
         hint = " (a Python 2 print statement? protonet runs scripts as Python 3)" if "print" in (exc.text or "") else ""
         raise ProtonetError(f"{script}:{exc.lineno}:{exc.offset or 0}: {exc.msg}{hint}") from None
 
-    held = _HeldLaunches()
     writes = _WriteRecorder()
+    held = _HeldLaunches(writes.paths)
     namespace = {"__name__": "__main__", "__file__": script, "__builtins__": builtins,
                  "open": writes, "xrange": range}
-    patched = {(subprocess, "call"): held.hold, (subprocess, "check_call"): held.hold,
-               (subprocess, "Popen"): held.popen, (subprocess, "run"): held.run, (os, "system"): held.hold}
-    saved = {key: getattr(*key) for key in patched}
     saved_cwd, saved_path, saved_argv = os.getcwd(), list(sys.path), list(sys.argv)
     jobs.reset()
     try:
@@ -140,8 +180,7 @@ def run_script(script, root=None, flavor=None, echo=None):
             os.chdir(root)
             sys.argv = [script]
             sys.path.insert(0, os.path.dirname(script))
-            for (owner, name), replacement in patched.items():
-                setattr(owner, name, replacement)
+            held.install()
             try:
                 exec(code, namespace)
             except SystemExit as exc:
@@ -151,8 +190,7 @@ def run_script(script, root=None, flavor=None, echo=None):
                 raise _script_error(script, exc) from exc
             missing = list(dict.fromkeys(missing_paths + jobs.missing_inputs))
     finally:
-        for (owner, name), original in saved.items():
-            setattr(owner, name, original)
+        held.uninstall()
         os.chdir(saved_cwd)
         sys.path[:] = saved_path
         sys.argv[:] = saved_argv
