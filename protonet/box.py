@@ -38,7 +38,7 @@ def iou(a, b, normalized=True):
     """Pairwise Jaccard overlap: a [..., N, 4], b [..., M, 4] -> [..., N, M] (no autograd)."""
     # Coordinates as separate arrays so the broadcast runs over a contiguous last axis, and
     # in-place steps: this runs on [rows, K, K] blocks in NMS, where temporaries dominate.
-    ax1, ay1, ax2, ay2 = (a[..., i].unsqueeze(-1) for i in range(4))
+    ax1, ay1, ax2, ay2 = (a[..., i].contiguous().unsqueeze(-1) for i in range(4))
     bx1, by1, bx2, by2 = (b[..., i].contiguous().unsqueeze(-2) for i in range(4))
     iw = torch.minimum(bx2, ax2)
     iw -= torch.maximum(bx1, ax1)
@@ -223,21 +223,30 @@ def nms_thresholds(nms_threshold, eta, n):
     return torch.stack(out)
 
 
-def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1):
+def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1, box_rows=None, classes_last=False):
     """Caffe's ApplyNMSFast on many independent rows at once.
 
-    boxes [R, P, 4], scores [R, P]. Per row: scores strictly above score_threshold, stable
+    boxes [R, P, 4], scores [R, P]; with box_rows [R], row r uses boxes[box_rows[r]] (rows that
+    share boxes, as the classes of one image with share_location). classes_last: scores are
+    [N, P, C] and row n * C + c holds scores[n, :, c] (no transposed copy). Per row: scores strictly above score_threshold, stable
     descending sort, the first top_k, then greedy: a box is kept if its IoU with every kept box
     is <= the (eta-adapted) threshold. Returns (order [R, K] prior indices in sorted order,
     keep [R, K] bool), K = the most candidates any row has.
     """
-    R, P = scores.shape
     device = scores.device
-    # Candidates (row, index) in row-major order, sorted per row by score with ties in index
-    # order: a stable sort by score, then a stable sort by row. The cost follows the number
-    # of candidates, not rows x priors.
-    row, idx = (scores > score_threshold).nonzero(as_tuple=True)
-    by_score = torch.sort(scores[row, idx], descending=True, stable=True).indices
+    # Candidates (row, index) with indices ascending within a row, sorted per row by score with
+    # ties in index order: a stable sort by score, then a stable sort by row. The cost follows
+    # the number of candidates, not rows x priors.
+    if classes_last:
+        N, P, C = scores.shape
+        R = N * C
+        n, idx, c = (scores > score_threshold).nonzero(as_tuple=True)
+        row, values = n * C + c, scores[n, idx, c]
+    else:
+        R, P = scores.shape
+        row, idx = (scores > score_threshold).nonzero(as_tuple=True)
+        values = scores[row, idx]
+    by_score = torch.sort(values, descending=True, stable=True).indices
     by_row = torch.sort(row[by_score], stable=True).indices
     picked = by_score[by_row]
     row, idx = row[picked], idx[picked]
@@ -253,7 +262,7 @@ def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1):
     order = torch.zeros((R, K), dtype=torch.long, device=device)
     order[row[inside], rank[inside]] = idx[inside]
     valid = torch.arange(K, device=device)[None, :] < count[:, None]
-    cand = torch.gather(boxes, 1, order[:, :, None].expand(R, K, 4))
+    cand = boxes[(box_rows if box_rows is not None else torch.arange(R, device=device))[:, None], order]
     table = nms_thresholds(nms_threshold, eta, K).to(device) if eta < 1 else None
     # The overlap test of every candidate pair, computed in row blocks that stay in cache.
     if table is None:

@@ -847,18 +847,23 @@ class DetectionOutput(Layer):
         if not classes:
             return self._empty(N, loc)
         cls = torch.tensor(classes, device=dev)
-        row_scores = scores[:, :, cls].permute(0, 2, 1).reshape(N * len(classes), P)
-        if self.share_location:
-            row_boxes = boxes[:, None, :, 0].expand(N, len(classes), P, 4)
+        if classes == list(range(classes[0], classes[-1] + 1)):
+            picked = scores[:, :, classes[0]:classes[-1] + 1]  # a slice: no copy of the scores
         else:
-            row_boxes = boxes[:, :, cls].permute(0, 2, 1, 3)
-        row_boxes = row_boxes.reshape(N * len(classes), P, 4)
-        order, keep = box.nms(row_boxes, row_scores, self.confidence_threshold, self.nms_threshold,
-                              self.eta, self.top_k)
+            picked = scores[:, :, cls]
+        if self.share_location:
+            row_boxes = boxes[:, :, 0]
+            box_rows = torch.arange(N, device=dev).repeat_interleave(len(classes))
+        else:
+            row_boxes = boxes[:, :, cls].permute(0, 2, 1, 3).reshape(N * len(classes), P, 4)
+            box_rows = None
+        order, keep = box.nms(row_boxes, picked, self.confidence_threshold, self.nms_threshold,
+                              self.eta, self.top_k, box_rows, classes_last=True)
         K = order.shape[1]
         keep = keep.view(N, len(classes), K)
         order = order.view(N, len(classes), K)
-        kept_scores = torch.gather(row_scores.view(N, len(classes), P), 2, order)
+        kept_scores = picked[torch.arange(N, device=dev)[:, None, None], order,
+                             torch.arange(len(classes), device=dev)[None, :, None]]
         if self.keep_top_k > -1:
             count = keep.view(N, -1).sum(dim=1)
             flat = torch.where(keep, kept_scores, torch.full_like(kept_scores, float("-inf"))).view(N, -1)
