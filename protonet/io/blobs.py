@@ -72,7 +72,8 @@ def blob_to_array(blob, diff=False, shape=None):
 def _as_float32(arr):
     if hasattr(arr, "detach"):
         arr = arr.detach().cpu().numpy()
-    return np.ascontiguousarray(arr, dtype="<f4")
+    # ascontiguousarray turns a 0-axis array into a 1-axis one; keep the shape (PReLU/Normalize scalars).
+    return np.ascontiguousarray(arr, dtype="<f4").reshape(np.shape(arr))
 
 
 def _packed_field(tag, arr):

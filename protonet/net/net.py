@@ -313,7 +313,7 @@ class Net(nn.Module):
                                          f"{list(blob_shape(b))}, the net needs {list(t.shape)}")
                     arr = blob_to_array(b).reshape(tuple(t.shape))
                     with torch.no_grad():
-                        t.copy_(torch.from_numpy(np.ascontiguousarray(arr)).to(t.dtype))
+                        t.copy_(torch.tensor(arr, dtype=t.dtype))
                 copied.add(src.name)
         missing = [n for n, l in self.layers.items() if len(l.blobs) and n not in copied]
         if missing:
