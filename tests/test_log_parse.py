@@ -7,6 +7,7 @@ import pytest
 from protonet.cli import main
 from protonet.errors import ProtonetError
 from protonet.tools.log import line_time, parse_log
+from solver_util import one_thread  # noqa: F401
 
 
 def read_csv(path):
@@ -46,6 +47,10 @@ def test_our_log_parses_like_caffes(fixtures, tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "sgd_multistep_iter_5.caffemodel", "sgd_multistep_iter_5.solverstate",
         "sgd_multistep_iter_6.caffemodel", "sgd_multistep_iter_6.solverstate"]
+    # --snapshot resumes: iterations 5..7 again, from the iteration-5 state
+    main(["train", "--solver", "solver.prototxt", "--snapshot", "out/sgd_multistep_iter_5.solverstate",
+          "--iterations", "8"])
+    assert (tmp_path / "out/sgd_multistep_iter_8.caffemodel").exists()
     main(["parse-log", "train.log", "tables"])
     ours = read_csv(tmp_path / "tables/train.log.train")
     gold_train, _ = parse_log(fixtures / "solver/sgd_multistep/train.log")
