@@ -192,3 +192,38 @@ def test_example_job_resumes_from_the_latest_snapshot(tmp_path, capsys):
     job = (tmp_path / "jobs" / "VGGNet" / "VOC0712" / "SSD_300x300" / "VGG_VOC0712_SSD_300x300.sh").read_text()
     assert '--snapshot="models/VGGNet/VOC0712/SSD_300x300/VGG_VOC0712_SSD_300x300_iter_12000.solverstate"' in job
     assert "--weights" not in job
+
+
+def test_run_starts_a_job_written_through_protonet_jobs(tmp_path, capsys):
+    """protonet's examples write their job with protonet.spec.jobs and never launch it: --run does."""
+    script = _script(tmp_path, """
+        import os
+        import caffe.model_libs as ml
+        from protonet.spec import jobs
+
+        assert ml.ConvBNLayer is not None
+        jobs.write_job_script('jobs/job.sh', os.getcwd(), 's.prototxt', log_file='jobs/job.log', gpus='0')
+        text = open('jobs/job.sh').read()
+        assert text.splitlines()[1:] == ['protonet train \\\\', '--solver="s.prototxt" \\\\',
+                                         '--gpu 0 2>&1 | tee jobs/job.log'], text
+        # A cheap stand-in for the training command, so that the test sees the job run.
+        with open('jobs/job.sh', 'w') as f:
+            f.write('echo ran >> ran.txt\\n')
+    """)
+    status, _, err = _gen(capsys, script, "--root", tmp_path)
+    assert status == 0, err
+    assert "job not started: jobs/job.sh" in err and not (tmp_path / "ran.txt").exists()
+    status, _, err = _gen(capsys, script, "--root", tmp_path, "--run")
+    assert status == 0, err
+    assert (tmp_path / "ran.txt").read_text() == "ran\n"  # started once
+
+
+def test_other_commands_of_a_script_still_run(tmp_path, capsys):
+    script = _script(tmp_path, """
+        import subprocess
+        out = subprocess.check_output(['echo', 'hello'])
+        open('out.txt', 'wb').write(out)
+    """)
+    status, _, err = _gen(capsys, script, "--root", tmp_path)
+    assert status == 0, err
+    assert (tmp_path / "out.txt").read_bytes() == b"hello\n"
