@@ -161,3 +161,28 @@ def test_all_shared_goldens_are_copied():
     wanted += [p.name for p in (SHARED / "golden" / "eval").glob("detectionevaluate_*.npz")]
     missing = [n for n in wanted if not (FIX / n).exists()]
     assert not missing
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["multiboxloss_odm.npz", "multiboxloss_ssd.npz", "detectionoutput_refinedet.npz",
+                                  "detectionoutput_ssd.npz"])
+def test_goldens_on_cuda(name):
+    d = np.load(FIX / name)
+    net = caffe_pb2.NetParameter()
+    text_format.Merge(str(d["prototxt"]), net)
+    type_name = "MultiBoxLoss" if name.startswith("multibox") else "DetectionOutput"
+    (param,) = [layer for layer in net.layer if layer.type == type_name]
+    bottoms = [torch.tensor(d[b]).cuda() for b in param.bottom]
+    layer, _ = layer_from(d["prototxt"], type_name, bottoms, phase=caffe_pb2.TRAIN)
+    layer = layer.cuda()
+    if type_name == "MultiBoxLoss":
+        bottoms[0].requires_grad_(True)
+        bottoms[1].requires_grad_(True)
+        loss = layer(*bottoms)
+        loss.backward()
+        assert_close(loss.detach().cpu(), d["loss"], what="loss")
+        assert_close(bottoms[0].grad.cpu(), d["grad_loc"], what="grad_loc")
+        assert_close(bottoms[1].grad.cpu(), d["grad_conf"], what="grad_conf")
+    else:
+        assert_close(layer(*bottoms).cpu(), d["detection_out"], what="detection_out")
