@@ -113,3 +113,27 @@ def test_unwritable_snapshot_prefix_fails_at_start(fixtures, tmp_path, monkeypat
     blocker.write_text("x")
     with captured_log(), pytest.raises(ProtonetError, match="snapshot_prefix .*cannot write snapshots"):
         make_solver("solver/adam/solver.prototxt", prefix=blocker / "sub" / "p")
+
+
+def test_lmdb_data_layers_resume_at_the_same_batch(fixtures):
+    """A resumed solver skips the batches already trained on: AnnotatedData (random sampler, seeded)
+    gives after skip_batches(2) exactly the batch an uninterrupted reader gives third."""
+    import torch
+
+    from protonet import caffe_pb2
+    from protonet.io.prototxt import read_prototxt
+    from protonet.layers.base import NetContext
+    from protonet.net.net import Net
+    from protonet.solver.solver import _skip_data
+
+    param = read_prototxt(fixtures / "data/annotated_data_identity_sampler.prototxt", caffe_pb2.NetParameter)
+    ctx = NetContext(phase=caffe_pb2.TRAIN, seed=7, root_dir=str(fixtures / "data"), data_workers=0)
+    straight = Net(param, phase="TRAIN", ctx=ctx)
+    for _ in range(2):
+        straight()
+    want = straight()
+    resumed = Net(param, phase="TRAIN", ctx=ctx)
+    with captured_log():
+        _skip_data(resumed, 2)
+    got = resumed()
+    assert torch.equal(got["data"], want["data"]) and torch.equal(got["label"], want["label"])

@@ -107,6 +107,12 @@ class _PipelineLayer(Layer):
         """How many corrupt records were skipped so far."""
         return self.batches.corrupt
 
+    def skip_batches(self, n):
+        """Continue n batches further on (a resumed solver reads on where its snapshot left off);
+        batches are a function of their number, so this is exact and costs nothing."""
+        self.batches.close()
+        self.batches.next_batch += int(n)
+
     def forward(self):
         data, label = next(self.batches)
         device = self._device.device
