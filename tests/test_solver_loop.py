@@ -27,3 +27,41 @@ def test_test_schedule_and_final_test(fixtures, monkeypatch, tmp_path):
     tests = [m for m in messages(stream.getvalue()) if "Testing net" in m]
     assert tests == ["Iteration 2, Testing net (#0)", "Iteration 4, Testing net (#0)"]
     assert (tmp_path / "t_iter_5.caffemodel").exists() is False  # snapshot_after_train: false in this solver
+
+
+def test_inline_net_params_and_test_states(fixtures, monkeypatch, tmp_path):
+    """net_param/train_net_param/test_net_param given inline; test_state picks layers by stage."""
+    from protonet import caffe_pb2
+    from protonet.io.prototxt import read_prototxt
+    from protonet.solver.solver import Solver
+
+    monkeypatch.chdir(fixtures)
+    net = read_prototxt("solver/train.prototxt", caffe_pb2.NetParameter)
+    # a test-only layer that exists only in stage "extra"
+    extra = net.layer.add()
+    extra.CopyFrom(caffe_pb2.LayerParameter(name="acc", type="Accuracy", bottom=["fc", "label"], top=["acc"]))
+    extra.include.add(phase=caffe_pb2.TEST, stage=["extra"])
+    param = caffe_pb2.SolverParameter(base_lr=0.01, lr_policy="fixed", max_iter=2, display=1, test_interval=2,
+                                      test_iter=[1, 1], snapshot_after_train=False)
+    param.net_param.CopyFrom(net)
+    param.test_state.add(stage=["extra"])
+    param.test_state.add()
+    with captured_log() as stream:
+        solver = Solver(param)
+        assert "acc" in solver.test_nets[0].layers and "acc" not in solver.test_nets[1].layers
+        assert "acc" not in solver.net.layers
+        results = solver.test_all()
+    assert set(results[0]) == {"acc", "loss"} and set(results[1]) == {"loss"}
+    msgs = messages(stream.getvalue())
+    assert "Creating training net specified in net_param." in msgs
+    assert "Creating test net (#1) specified by net_param" in msgs
+
+    two = caffe_pb2.SolverParameter(base_lr=0.01, lr_policy="fixed", max_iter=1)
+    two.train_net_param.CopyFrom(net)
+    two.net = "solver/train.prototxt"
+    import pytest
+
+    from protonet.errors import ProtonetError
+
+    with captured_log(), pytest.raises(ProtonetError, match="exactly one of net, net_param, train_net"):
+        Solver(two)
