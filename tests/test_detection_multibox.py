@@ -271,7 +271,7 @@ def test_multibox_loss_equals_reference(case):
     conf64 = conf.detach().double().requires_grad_(True)
     ref = ref_loss(param, loc64, conf64, prior, label)
     ref.backward()
-    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
     torch.testing.assert_close(g_loc.double(), loc64.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_conf.double(), conf64.grad, rtol=1e-5, atol=1e-6)
 
@@ -294,7 +294,7 @@ def test_refinedet_odm_equals_reference():
     conf64 = conf.detach().double().requires_grad_(True)
     ref = ref_loss(param, loc64, conf64, prior, label, arm_conf, arm_loc)
     ref.backward()
-    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
     torch.testing.assert_close(loc.grad.double(), loc64.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(conf.grad.double(), conf64.grad, rtol=1e-5, atol=1e-6)
 
