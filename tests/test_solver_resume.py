@@ -137,3 +137,27 @@ def test_lmdb_data_layers_resume_at_the_same_batch(fixtures):
         _skip_data(resumed, 2)
     got = resumed()
     assert torch.equal(got["data"], want["data"]) and torch.equal(got["label"], want["label"])
+
+
+def test_hdf5_snapshots_resume_bitwise(fixtures, tmp_path, monkeypatch):
+    import h5py
+
+    monkeypatch.chdir(fixtures)
+    from protonet import caffe_pb2
+
+    common = dict(iter_size=1, snapshot=10, max_iter=20, display=0, snapshot_format=caffe_pb2.SolverParameter.HDF5)
+    with captured_log() as stream:
+        make_solver("solver/adam/solver.prototxt", prefix=tmp_path / "full", weights="solver/init.caffemodel",
+                    **common).solve()
+        make_solver("solver/adam/solver.prototxt", prefix=tmp_path / "half", weights="solver/init.caffemodel",
+                    **dict(common, max_iter=10)).solve()
+        make_solver("solver/adam/solver.prototxt", prefix=tmp_path / "half",
+                    **common).solve(str(tmp_path / "half_iter_10.solverstate.h5"))
+    assert f"Snapshotting to HDF5 file {tmp_path / 'full_iter_10.caffemodel.h5'}" in messages(stream.getvalue())
+    with h5py.File(tmp_path / "full_iter_20.caffemodel.h5") as a, h5py.File(tmp_path / "half_iter_20.caffemodel.h5") as b:
+        assert sorted(a["data"]) == sorted(b["data"]) and "conv1_bn" in a["data"]
+        for layer in a["data"]:
+            for k in a["data"][layer]:
+                assert np.array_equal(a["data"][layer][k][()], b["data"][layer][k][()]), (layer, k)
+    with h5py.File(tmp_path / "half_iter_20.solverstate.h5") as s:
+        assert int(s["iter"][0]) == 20 and len(s["history"]) == 20

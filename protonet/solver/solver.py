@@ -89,8 +89,6 @@ class Solver:
             raise ProtonetError("solver: iter_size must be at least 1")
         check_policy(p)
         self.type = solver_type(p)
-        if p.snapshot_format != caffe_pb2.SolverParameter.BINARYPROTO:
-            raise ProtonetError("solver: snapshot_format HDF5 is not supported; use BINARYPROTO")
         if self.is_root:
             log.info("Initializing solver from parameters: \n%s", text_format.MessageToString(p))
         self.seed = int(p.random_seed) if p.random_seed >= 0 else None
@@ -211,9 +209,10 @@ class Solver:
             path = os.fspath(path).strip()
             if self.is_root:
                 log.info("Finetuning from %s", path)
-            self.net.load_weights(path)
+            source = _weights_source(path)
+            self.net.load_weights(source)
             for net in self.test_nets:
-                net.load_weights(path)
+                net.load_weights(source)
 
     def _check_snapshot_writable(self):
         """Caffe's CheckSnapshotWritePermissions, at start rather than after hours of training
@@ -244,6 +243,8 @@ class Solver:
         from protonet.io.caffemodel import write_caffemodel
         from protonet.io.solverstate import write_solverstate
 
+        if self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
+            return self._snapshot_hdf5()
         model = self.snapshot_filename(".caffemodel")
         log.info("Snapshotting to binary proto file %s", model)
         if self.param.snapshot_diff:
@@ -265,6 +266,18 @@ class Solver:
         self.last_snapshot = (model, state_path)
         return model, state_path
 
+    def _snapshot_hdf5(self):
+        from protonet.solver.hdf5_snapshot import write_state_h5, write_weights_h5
+
+        model = self.snapshot_filename(".caffemodel.h5")
+        log.info("Snapshotting to HDF5 file %s", model)
+        write_weights_h5(self.net, model, with_diff=self.param.snapshot_diff)
+        state_path = self.snapshot_filename(".solverstate.h5")
+        log.info("Snapshotting solver state to HDF5 file %s", state_path)
+        write_state_h5(state_path, self.progress, model, self.updater.history_arrays())
+        self.last_snapshot = (model, state_path)
+        return model, state_path
+
     def solver_state(self, model_filename, with_history=True):
         from protonet.io.solverstate import make_solverstate
 
@@ -280,22 +293,31 @@ class Solver:
 
         state_file = os.fspath(state_file)
         if state_file.endswith(".h5"):
-            raise ProtonetError(f"{state_file}: HDF5 solver states are not supported; use a .solverstate")
-        state = read_solverstate(state_file)
-        if state.HasField("learned_net"):
-            learned = state.learned_net
+            from protonet.solver.hdf5_snapshot import read_state_h5
+
+            fields, history = read_state_h5(state_file)
+            learned = fields.pop("learned_net")
+            model_ext = ".caffemodel.h5"
+        else:
+            state = read_solverstate(state_file)
+            learned = state.learned_net if state.HasField("learned_net") else None
+            fields = dict(iter=int(state.iter), current_step=int(state.current_step),
+                          iter_last_event=int(state.iter_last_event), minimum_loss=float(state.minimum_loss))
+            history = solverstate_history_arrays(state)
+            model_ext = ".caffemodel"
+        if learned:
             if not os.path.exists(learned):
-                # the snapshot directory may have moved: try the caffemodel next to the state file
-                beside = os.path.splitext(state_file)[0] + ".caffemodel"
+                # the snapshot directory may have moved: try the weights next to the state file
+                stem = state_file[:-len(".solverstate.h5")] if state_file.endswith(".solverstate.h5") else \
+                    os.path.splitext(state_file)[0]
+                beside = stem + model_ext
                 if not os.path.exists(beside):
                     raise ProtonetError(f"{state_file}: its learned_net '{learned}' does not exist "
                                         f"(nor does {beside})")
                 learned = beside
-            self.net.load_weights(learned)
-        self.progress = Progress(iter=int(state.iter), current_step=int(state.current_step),
-                                 iter_last_event=int(state.iter_last_event),
-                                 minimum_loss=float(state.minimum_loss))
-        self.updater.load_history(solverstate_history_arrays(state), source=state_file)
+            self.net.load_weights(_weights_source(learned))
+        self.progress = Progress(**fields)
+        self.updater.load_history(history, source=state_file)
         if self.options.skip_data_on_resume:
             self._skip_batches = self.progress.iter * self.param.iter_size
             _skip_data(self.net, self._skip_batches)
@@ -554,6 +576,15 @@ class Solver:
 
 
 # ---------------------------------------------------------------------- helpers
+
+def _weights_source(path):
+    """What Net.load_weights takes for a weights file: the path, or the blobs of a .caffemodel.h5."""
+    if os.fspath(path).endswith(".h5"):
+        from protonet.solver.hdf5_snapshot import read_weights_h5
+
+        return read_weights_h5(path)
+    return path
+
 
 def _to_channels_last(net):
     for module in net.modules():
