@@ -166,7 +166,6 @@ def match(overlaps, gt_valid, match_type, overlap_threshold, ignored=None):
     sub = torch.gather(ov, 1, cand[:, :, None].expand(R, cand.shape[1], G))
     sub_present = torch.gather(present, 1, cand[:, :, None].expand(R, cand.shape[1], G))
     work = torch.where(sub_present & ~dup[:, :, None], sub, torch.full_like(sub, -1.0))
-    width = work.shape[1]
     for _ in range(min(G, P)):
         best, arg = work.reshape(R, -1).max(dim=1)
         found = best > 0
@@ -180,7 +179,6 @@ def match(overlaps, gt_valid, match_type, overlap_threshold, ignored=None):
         match_overlap[r, prior] = best[found]
         work[r, pi, :] = -1.0
         work[r, :, gi] = -1.0
-    del width
 
     if match_type == PER_PREDICTION:
         eligible = present & (overlaps >= overlap_threshold)
