@@ -221,12 +221,14 @@ def nms_thresholds(nms_threshold, eta, n):
     return torch.stack(out)
 
 
-def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1, box_rows=None, classes_last=False):
+def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1, box_rows=None, classes_last=False,
+        min_size=None):
     """Caffe's ApplyNMSFast on many independent rows at once.
 
     boxes [R, P, 4], scores [R, P]; with box_rows [R], row r uses boxes[box_rows[r]] (rows that
     share boxes, as the classes of one image with share_location). classes_last: scores are
-    [N, P, C] and row n * C + c holds scores[n, :, c] (no transposed copy). Per row: scores strictly above score_threshold, stable
+    [N, P, C] and row n * C + c holds scores[n, :, c] (no transposed copy). min_size: boxes
+    smaller than this are dropped after the top_k cut (the older ApplyNMS of hard mining). Per row: scores strictly above score_threshold, stable
     descending sort, the first top_k, then greedy: a box is kept if its IoU with every kept box
     is <= the (eta-adapted) threshold. Returns (order [R, K] prior indices in sorted order,
     keep [R, K] bool), K = the most candidates any row has.
@@ -261,6 +263,8 @@ def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1, box_ro
     order[row[inside], rank[inside]] = idx[inside]
     valid = torch.arange(K, device=device)[None, :] < count[:, None]
     cand = boxes[(box_rows if box_rows is not None else torch.arange(R, device=device))[:, None], order]
+    if min_size is not None:
+        valid &= box_size(cand) >= min_size
     table = nms_thresholds(nms_threshold, eta, K).to(device) if eta < 1 else None
     # The overlap test of every candidate pair, computed in row blocks that stay in cache.
     if table is None:

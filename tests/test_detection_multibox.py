@@ -156,7 +156,7 @@ def ref_loss(param, loc, conf, prior, label, arm_conf=None, arm_loc=None):
                     t[lab] = 1
                     cl = float(torch.nn.functional.binary_cross_entropy_with_logits(x, t, reduction="sum"))
                 if p.mining_type == MBL.HARD_EXAMPLE and idx[j] > -1:
-                    cl += float(loc_term(i, -1, j, None))
+                    cl += float(loc_term(i, -1, j, None).detach())
                 losses.append(cl)
             elig = []
             for j in range(P):
@@ -173,8 +173,17 @@ def ref_loss(param, loc, conf, prior, label, arm_conf=None, arm_loc=None):
                 num_sel = min(int(np.float32(num_pos) * np.float32(p.neg_pos_ratio)), len(elig))
             else:
                 num_sel = min(p.sample_size, len(elig))
-            ranked = sorted(elig, key=lambda j: -losses[j])  # stable
-            sel = set(ranked[:num_sel])
+            if p.HasField("nms_param") and p.nms_param.nms_threshold > 0:
+                if p.use_prior_for_nms:
+                    boxes = pri.float()
+                else:
+                    boxes = box.decode(locv[i, :, 0].detach().double(), pri, var, p.code_type,
+                                       p.encode_variance_in_target).float()
+                kept = ref_old_nms(boxes, elig, losses, p.nms_param.nms_threshold, p.nms_param.top_k)
+                sel = set(kept[:min(len(kept), num_sel)])
+            else:
+                ranked = sorted(elig, key=lambda j: -losses[j])  # stable
+                sel = set(ranked[:num_sel])
             new_idx = list(idx)
             for j in range(P):
                 if idx[j] > -1:
@@ -220,6 +229,26 @@ def ref_loss(param, loc, conf, prior, label, arm_conf=None, arm_loc=None):
     return p.loc_weight * loc_loss / norm + conf_loss / norm
 
 
+def ref_old_nms(boxes, candidates, losses, threshold, top_k):
+    """The fork's ApplyNMS (used by hard mining): stable sort, top_k, small boxes erased."""
+    from test_box import ref_iou, ref_size
+
+    order = sorted(candidates, key=lambda j: -losses[j])
+    if top_k > -1:
+        order = order[:top_k]
+    b = boxes.numpy()
+    kept = []
+    while order:
+        best = order.pop(0)
+        if ref_size(b[best]) < 1e-5:
+            continue
+        kept.append(best)
+        if top_k > -1 and len(kept) >= top_k:
+            break
+        order = [j for j in order if ref_size(b[j]) >= 1e-5 and not ref_iou(b[best], b[j]) > np.float32(threshold)]
+    return kept
+
+
 BASE = ("multibox_loss_param { loc_loss_type: SMOOTH_L1 conf_loss_type: SOFTMAX share_location: true "
         "match_type: PER_PREDICTION overlap_threshold: 0.5 use_prior_for_matching: true background_label_id: 0 "
         "use_difficult_gt: true mining_type: MAX_NEGATIVE neg_pos_ratio: 3 neg_overlap: 0.5 code_type: CENTER_SIZE "
@@ -239,6 +268,10 @@ CASES = {
     "variance_in_target": ("encode_variance_in_target: true neg_pos_ratio: 2.5", "VALID", 5),
     "no_difficult_loc_weight": ("use_difficult_gt: false loc_weight: 0.7", "VALID", 5),
     "arm_two_classes": ("", "VALID", 2),
+    "mining_nms_decoded": ("nms_param { nms_threshold: 0.5 top_k: 40 }", "VALID", 5),
+    "mining_nms_priors_hard": ("mining_type: HARD_EXAMPLE sample_size: 15 use_prior_for_nms: true "
+                               "nms_param { nms_threshold: 0.3 top_k: 60 }", "VALID", 5),
+    "mining_nms_no_top_k": ("nms_param { nms_threshold: 0.5 }", "VALID", 5),
 }
 
 

@@ -342,8 +342,11 @@ class MultiBoxLoss(Layer):
             raise ProtonetError(f"{self.where}: do_neg_mining contradicts mining_type")
         if self.mining != MBL.NONE and not self.share_location:
             raise ProtonetError(f"{self.where}: negative mining needs share_location true")
-        if self.mining != MBL.NONE and p.HasField("nms_param") and p.nms_param.nms_threshold > 0:
-            raise ProtonetError(f"{self.where}: nms_param inside mining is not supported")
+        # Mining may first run NMS over the eligible boxes, scored by their loss.
+        self.mining_nms = self.mining != MBL.NONE and p.HasField("nms_param") and p.nms_param.nms_threshold > 0
+        if self.mining_nms and len(self.bottom_shapes) >= 5:
+            # The fork indexes its objectness-filtered list with positions from the unfiltered one.
+            raise ProtonetError(f"{self.where}: nms_param in mining together with arm_conf is not supported")
         if self.mining == MBL.HARD_EXAMPLE and p.sample_size <= 0:
             raise ProtonetError(f"{self.where}: sample_size must be positive for HARD_EXAMPLE")
         if p.map_object_to_agnostic:
@@ -494,7 +497,20 @@ class MultiBoxLoss(Layer):
             masked = torch.where(eligible, loss, torch.full_like(loss, float("-inf")))
             k = int(num_sel.max()) if N else 0
             selected = torch.zeros_like(eligible)
-            if k > 0:
+            if self.mining_nms:
+                # The fork's ApplyNMS: loss-sorted, cut to nms_param.top_k (0 when unset), boxes
+                # under 1e-5 dropped, then greedy suppression; the first num_sel survivors win.
+                if p.use_prior_for_nms:
+                    boxes = priors.expand(N, P, 4)
+                else:
+                    boxes = box.decode(loc.detach().view(N, P, 4), priors, variances, p.code_type,
+                                       p.encode_variance_in_target)
+                order, keep = box.nms(boxes, masked, float("-inf"), p.nms_param.nms_threshold,
+                                      top_k=int(p.nms_param.top_k), min_size=1e-5)
+                take = keep & (torch.cumsum(keep.long(), dim=1) <= num_sel[:, None])
+                r, c = take.nonzero(as_tuple=True)
+                selected[r, order[r, c]] = True
+            elif k > 0:
                 top = box.stable_topk_desc(masked, k, dim=1)
                 take = torch.arange(k, device=top.device)[None, :] < num_sel[:, None]
                 selected.scatter_(1, top, take)
