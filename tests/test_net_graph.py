@@ -216,3 +216,34 @@ def test_hdf5_data_net_and_python_layer_opt_in(tmp_path):
     assert torch.allclose(blobs["y"], 3 * x)
     net.loss(blobs).backward()
     assert torch.allclose(x.grad, torch.full((2, 3), 3.0))
+
+
+def test_shapeless_scalar_blob_loads_as_caffe_writes_it(tmp_path):
+    """Caffe writes a 0-axis blob (PReLU channel_shared) with no shape at all."""
+    from protonet.io.caffemodel import write_caffemodel
+
+    text = 'input: "x" input_shape { dim: 1 dim: 2 } layer { name: "pr" type: "PReLU" bottom: "x" top: "y" ' \
+           'prelu_param { channel_shared: true } }'
+    src = caffe_pb2.NetParameter()
+    src.layer.add(name="pr", type="PReLU").blobs.add().data.append(0.3)
+    write_caffemodel(src, tmp_path / "p.caffemodel")
+    for weights in (str(tmp_path / "p.caffemodel"), src):
+        net = Net(netp(text), phase="TEST", weights=weights)
+        assert net.params["pr"][0].item() == pytest.approx(0.3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_net_on_cuda_matches_cpu():
+    text = '''input: "x" input_shape { dim: 2 dim: 3 dim: 8 dim: 8 }
+        layer { name: "c" type: "Convolution" bottom: "x" top: "c" convolution_param { num_output: 4 kernel_size: 3
+                weight_filler { type: "gaussian" } } }
+        layer { name: "bn" type: "BatchNorm" bottom: "c" top: "c" }
+        layer { name: "p" type: "Pooling" bottom: "c" top: "p" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 2 } }
+        layer { name: "s" type: "Softmax" bottom: "p" top: "s" }'''
+    torch.manual_seed(0)
+    net = Net(netp(text), phase="TRAIN")
+    x = torch.randn(2, 3, 8, 8)
+    cpu = net(x=x)["s"]
+    gpu = net.to("cuda")(x=x.cuda())["s"]
+    assert torch.allclose(cpu, gpu.cpu(), atol=1e-5)

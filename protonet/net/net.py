@@ -11,16 +11,15 @@ import math
 import os
 from collections import OrderedDict
 
-import numpy as np
 import torch
 from torch import nn
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError, ShapeError
-from protonet.io.blobs import array_to_blob, blob_shape, blob_to_array
+from protonet.io.blobs import array_to_blob, blob_to_array
 from protonet.io.prototxt import read_prototxt
-from protonet.layers.base import NetContext, layer_class
 from protonet.io.upgrade import upgrade_net
+from protonet.layers.base import NetContext, layer_class
 from protonet.net.filtering import filter_net, parse_phase
 
 log = logging.getLogger("protonet.net")
@@ -285,36 +284,44 @@ class Net(nn.Module):
     def load_weights(self, source):
         """Caffe's CopyTrainedLayersFrom: blobs copied by layer name, every shape checked.
 
-        `source` is a NetParameter, a path, a list of paths, or 'a.caffemodel,b.caffemodel'."""
+        `source` is a NetParameter, a path, a list of paths, or 'a.caffemodel,b.caffemodel' (later
+        files win). Returns the names of the layers with blobs that no source provided."""
         if isinstance(source, caffe_pb2.NetParameter):
-            sources = [(source, f"net {source.name or '?'}")]
+            if len(source.layers) and not len(source.layer):
+                source = caffe_pb2.NetParameter.FromString(source.SerializeToString())
+                upgrade_net(source, source=f"net {source.name or '?'}")
+            where = f"net {source.name or '?'}"
+            sources = [(where, [(l.name, [(blob_to_array(b), _proto_shape(b)) for b in l.blobs])
+                                for l in source.layer])]
         else:
             paths = source.split(",") if isinstance(source, str) else (
                 [source] if isinstance(source, os.PathLike) else list(source))
-            from protonet.io.caffemodel import read_caffemodel
+            from protonet.io.caffemodel import read_caffemodel_arrays
 
-            sources = [(read_caffemodel(p), os.fspath(p)) for p in paths]
+            # Straight from the file bytes: a file's blob arrays come with their stored shapes
+            # (legacy num/channels/height/width as 4 axes).
+            sources = [(os.fspath(p), [(name, [(a, None) for a in arrays])
+                                       for name, arrays in read_caffemodel_arrays(p).items()]) for p in paths]
         copied = set()
-        for param, where in sources:
-            if len(param.layers) and not len(param.layer):
-                upgrade_net(param, source=where)
-            for src in param.layer:
-                layer = self.layers.get(src.name)
+        for where, layers in sources:
+            for name, blobs in layers:
+                layer = self.layers.get(name)
                 if layer is None:
-                    log.info("Ignoring source layer %s", src.name)
+                    log.info("Ignoring source layer %s", name)
                     continue
                 target = layer.blobs
-                if len(target) != len(src.blobs):
-                    raise ShapeError(f"{where}: layer {src.name}: the file has {len(src.blobs)} blobs, "
+                if len(target) != len(blobs):
+                    raise ShapeError(f"{where}: layer {name}: the file has {len(blobs)} blobs, "
                                      f"the net's layer has {len(target)}")
-                for i, (t, b) in enumerate(zip(target, src.blobs)):
-                    if not _shape_equals(b, tuple(t.shape)):
-                        raise ShapeError(f"{where}: layer {src.name} blob {i}: the file has shape "
-                                         f"{list(blob_shape(b))}, the net needs {list(t.shape)}")
-                    arr = blob_to_array(b).reshape(tuple(t.shape))
+                for i, (t, (arr, proto_shape)) in enumerate(zip(target, blobs)):
+                    shape = tuple(t.shape)
+                    ok = _shape_equals(proto_shape, shape) if proto_shape is not None else _array_fits(arr, shape)
+                    if not ok:
+                        raise ShapeError(f"{where}: layer {name} blob {i}: the file has shape "
+                                         f"{list(arr.shape)}, the net needs {list(shape)}")
                     with torch.no_grad():
-                        t.copy_(torch.tensor(arr, dtype=t.dtype))
-                copied.add(src.name)
+                        t.copy_(torch.tensor(arr.reshape(shape), dtype=t.dtype))
+                copied.add(name)
         missing = [n for n, l in self.layers.items() if len(l.blobs) and n not in copied]
         if missing:
             log.info("Layers not in the weights file(s), keeping their fillers: %s", ", ".join(missing))
@@ -366,14 +373,29 @@ class Net(nn.Module):
         return f"name={self.name!r}, phase={'TRAIN' if self.phase == caffe_pb2.TRAIN else 'TEST'}"
 
 
-def _shape_equals(blob, shape):
-    """Caffe's Blob::ShapeEquals: a legacy num/channels/height/width blob matches a shape of at most
-    4 axes padded with leading 1s."""
+def _proto_shape(blob):
+    """(kind, dims) of a BlobProto's stored shape: ('shape', dims), ('legacy', 4 dims) or ('none', ())."""
     if blob.HasField("shape"):
-        return tuple(int(d) for d in blob.shape.dim) == tuple(shape)
+        return ("shape", tuple(int(d) for d in blob.shape.dim))
     if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
-        if len(shape) > 4:
-            return False
-        legacy = (1,) * (4 - len(shape)) + tuple(shape)
-        return legacy == (blob.num, blob.channels, blob.height, blob.width)
-    return tuple(shape) == ()
+        return ("legacy", (blob.num, blob.channels, blob.height, blob.width))
+    return ("none", ())
+
+
+def _shape_equals(stored, shape):
+    """Caffe's Blob::ShapeEquals: a legacy num/channels/height/width blob matches a shape of at most
+    4 axes padded with leading 1s; a blob without any shape matches only a 0-axis blob."""
+    kind, dims = stored
+    if kind == "legacy":
+        return len(shape) <= 4 and (1,) * (4 - len(shape)) + tuple(shape) == dims
+    return dims == tuple(shape)
+
+
+def _array_fits(arr, shape):
+    """ShapeEquals for an array read from file bytes, where a legacy blob arrives as 4 axes and a
+    shapeless one (a 0-axis blob as Caffe writes it) as its values."""
+    if tuple(arr.shape) == tuple(shape):
+        return True
+    if arr.ndim == 4 and len(shape) < 4:
+        return (1,) * (4 - len(shape)) + tuple(shape) == tuple(arr.shape)
+    return shape == () and arr.shape == (1,)
