@@ -7,7 +7,6 @@ from protonet.solver.solver import RunOptions
 from solver_util import caffemodel_arrays, captured_log, make_solver, one_thread  # noqa: F401
 
 
-@pytest.mark.slow  # spawning two fresh interpreters that import torch: 15-30 s on 2 shared cores
 def test_two_process_gloo_equals_double_batch(fixtures, tmp_path, monkeypatch):
     monkeypatch.chdir(fixtures)
     with captured_log():
