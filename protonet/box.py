@@ -266,21 +266,26 @@ def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1, box_ro
     if min_size is not None:
         valid &= box_size(cand) >= min_size
     table = nms_thresholds(nms_threshold, eta, K).to(device) if eta < 1 else None
-    # The overlap test of every candidate pair, computed in row blocks that stay in cache.
-    if table is None:
-        over = torch.empty((R, K, K), dtype=torch.bool, device=device)
-        thr = torch.tensor(nms_threshold, dtype=torch.float32)
-    else:
-        over = torch.empty((R, K, K), dtype=cand.dtype, device=device)
+    # The overlap test of every candidate pair, computed in row blocks of bounded size; the
+    # greedy pass then runs over as many rows at once as NMS_GREEDY_ELEMENTS allows.
+    thr = torch.tensor(nms_threshold, dtype=torch.float32)
     block = max(1, NMS_BLOCK_ELEMENTS // (K * K))
-    for r0 in range(0, R, block):
-        r1 = min(R, r0 + block)
-        ov = iou(cand[r0:r1], cand[r0:r1])
-        over[r0:r1] = ov > thr if table is None else ov
-    return order, _greedy(over, valid, table)
+    budget = NMS_GREEDY_ELEMENTS if table is None else NMS_GREEDY_ELEMENTS // 4  # bool or float
+    group = max(block, (budget // (K * K)) // block * block)
+    keep = torch.empty((R, K), dtype=torch.bool, device=device)
+    for g0 in range(0, R, group):
+        g1 = min(R, g0 + group)
+        over = torch.empty((g1 - g0, K, K), dtype=torch.bool if table is None else cand.dtype, device=device)
+        for r0 in range(g0, g1, block):
+            r1 = min(g1, r0 + block)
+            ov = iou(cand[r0:r1], cand[r0:r1])
+            over[r0 - g0:r1 - g0] = ov > thr if table is None else ov
+        keep[g0:g1] = _greedy(over, valid[g0:g1], table)
+    return order, keep
 
 
 NMS_BLOCK_ELEMENTS = 1 << 23
+NMS_GREEDY_ELEMENTS = 1 << 28
 
 
 def _greedy(over, valid, table):

@@ -213,3 +213,17 @@ def test_clip():
     b = torch.tensor([[-0.1, 0.2, 1.3, 0.9]])
     assert torch.equal(box.clip(b), torch.tensor([[0.0, 0.2, 1.0, 0.9]]))
     assert torch.equal(box.clip(b * 100, height=50, width=100), torch.tensor([[0.0, 20.0, 100.0, 50.0]]))
+
+
+@pytest.mark.parametrize("eta,threshold", [(1.0, 0.45), (0.8, 0.7)])
+def test_nms_row_blocks_and_groups_give_the_same_result(monkeypatch, eta, threshold):
+    """Tiny memory budgets force many overlap blocks and greedy groups."""
+    monkeypatch.setattr(box, "NMS_BLOCK_ELEMENTS", 50)
+    monkeypatch.setattr(box, "NMS_GREEDY_ELEMENTS", 200)
+    gen = np.random.default_rng(4)
+    R, P = 7, 40
+    boxes = np.stack([random_boxes(gen, P, 0, 1) for _ in range(R)])
+    scores = gen.uniform(0, 1, size=(R, P)).astype(np.float32)
+    order, keep = box.nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.2, threshold, eta)
+    for r in range(R):
+        assert order[r][keep[r]].tolist() == ref_nms(list(boxes[r]), list(scores[r]), f32(0.2), threshold, eta, -1)
