@@ -404,3 +404,19 @@ def test_propagate_down_false_drops_the_term():
     only_conf = MultiBoxLoss(param, shapes, NetContext())(loc, conf, prior, label)
     assert float(only_loc) + float(only_conf) == pytest.approx(float(full), rel=1e-6)
     assert float(only_loc) > 0 and float(only_conf) > 0
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_batch_without_any_ground_truth(case):
+    """Only padding rows in the label blob: MAX_NEGATIVE/HARD_EXAMPLE give 0, NONE the
+    background loss of every prior, as the fork."""
+    param, loc, conf, prior, _ = make_inputs(case)
+    empty = torch.tensor([[-1, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.float32).view(1, 1, 1, 8)
+    layer = MultiBoxLoss(param, [tuple(t.shape) for t in (loc, conf, prior, empty)], NetContext())
+    loc.requires_grad_(True)
+    conf.requires_grad_(True)
+    loss = layer(loc, conf, prior, empty)
+    loss.backward()
+    ref = ref_loss(param, loc.detach().double(), conf.detach().double(), prior, empty)
+    assert float(loss.detach()) == pytest.approx(float(ref), rel=1e-5, abs=1e-6)
+    assert float(loc.grad.abs().sum()) == 0

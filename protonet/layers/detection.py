@@ -395,6 +395,8 @@ class MultiBoxLoss(Layer):
             index, overlap = box.match(ov, gt_valid, p.match_type, p.overlap_threshold, ignored)
             if self.share_location:
                 return index[:, None], overlap[:, None]
+            if gt_labels.shape[1] == 0:
+                return torch.full((N, Lc, P), -1, dtype=torch.long, device=loc.device), overlap[:, None].expand(N, Lc, P)
             gl = torch.gather(gt_labels, 1, index.clamp(min=0))
             classes = torch.arange(Lc, device=loc.device)[None, :, None]
             per_class = torch.where((index[:, None] > -1) & (gl[:, None] == classes),
