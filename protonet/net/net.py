@@ -42,7 +42,19 @@ class _Step:
 
 
 class Net(nn.Module):
-    """A Caffe net as a torch module. See the team brief for the API; it is a contract."""
+    """A Caffe net as a torch module.
+
+    Net(net, phase=None, stages=(), level=0, weights=None, ctx=None): `net` is a prototxt path or a
+    NetParameter; `phase` 'TRAIN'/'TEST' or the enum (default: ctx's, else the file's state, else
+    TEST); `weights` a caffemodel path (or several, comma-separated) loaded after building; relative
+    paths in data layers resolve against ctx.root_dir, else the working directory, as in Caffe.
+
+    .layers (name -> Layer), .params (name -> blob tensors in Caffe's order), .learnable_params
+    ((tensor, lr_mult, decay_mult), each shared blob once, BatchNorm statistics included with
+    lr_mult 0 as in Caffe), .blob_shapes, .input_names, .output_names, .loss_weights;
+    forward(**inputs) -> dict of every named blob; loss(blobs); load_weights; save_weights;
+    to_proto; share_weights_from.
+    """
 
     def __init__(self, net, phase=None, stages=(), level=0, weights=None, ctx=None):
         super().__init__()
@@ -52,9 +64,6 @@ class Net(nn.Module):
                                                        else caffe_pb2.TEST)
         phase = parse_phase(phase)
         ctx = dataclasses.replace(ctx, phase=phase) if ctx is not None else NetContext(phase=phase)
-        if ctx.root_dir is None and isinstance(net, (str, os.PathLike)):
-            # Caffe resolves relative sources against the working directory; keep that.
-            pass
         self.ctx = ctx
         self.phase = phase
 
