@@ -128,7 +128,7 @@ def _adjust_solver(solver_file, max_iter, log):
     return solver
 
 
-def run(root, train, test, max_iter=None, gpu=None, detect_images=DETECT_IMAGES, log=print):
+def run(root, train, test, max_iter=None, gpu=None, detect_images=DETECT_IMAGES, base_lr=None, log=print):
     """Run every step; returns a summary dict (paths, mAP, timings)."""
     q = Quickstart(root, gpu=gpu, log=log)
     os.makedirs(q.root, exist_ok=True)
@@ -149,6 +149,10 @@ def run(root, train, test, max_iter=None, gpu=None, detect_images=DETECT_IMAGES,
     solver = read_prototxt(solver_file, caffe_pb2.SolverParameter)
     if max_iter is not None:
         solver = _adjust_solver(solver_file, max_iter, log)
+    if base_lr is not None:
+        solver.base_lr = base_lr
+        write_prototxt(solver, solver_file)
+        log(f"(quickstart) {os.path.relpath(solver_file)}: base_lr {base_lr}")
     snapshot_prefix = solver.snapshot_prefix
     for stale in os.listdir(q.path(MODEL_DIR)):  # a previous run's snapshots would be resumed or mixed in
         if stale.endswith((".caffemodel", ".solverstate")):
@@ -221,8 +225,9 @@ def print_summary(s, log=print):
 @click.option("--train", default=800, show_default=True, help="trainval images to make")
 @click.option("--test", default=200, show_default=True, help="test images to make")
 @click.option("--max-iter", type=int, default=None, help="shorten or lengthen the solver's schedule")
+@click.option("--base-lr", type=float, default=None, help="override the solver's base_lr")
 @click.option("--gpu", default=None, help="GPU id for train/test/detect (default: CPU)")
-def main(root, train, test, max_iter, gpu):
+def main(root, train, test, max_iter, base_lr, gpu):
     """Make a dataset, write an SSD from a NetSpec script, train, test and detect, on CPU."""
     missing = missing_steps()
     if missing:
@@ -231,7 +236,7 @@ def main(root, train, test, max_iter, gpu):
             click.echo(f"  {step}: `protonet {command}` ({why})", err=True)
         sys.exit(3)
     try:
-        summary = run(root, train, test, max_iter=max_iter, gpu=gpu)
+        summary = run(root, train, test, max_iter=max_iter, gpu=gpu, base_lr=base_lr)
     except ProtonetError as exc:
         click.echo(f"protonet: error: {exc}", err=True)
         sys.exit(2)

@@ -30,7 +30,7 @@ SPLITS = {"trainval": 0, "test": 1}
 # A visible box whose longer side is under this fraction of the image is flagged difficult.
 DIFFICULT_FRACTION = 0.085
 # An earlier shape keeps at least this fraction of its pixels when a later one is drawn over it.
-MIN_VISIBLE = 0.6
+MIN_VISIBLE = 0.65
 JPEG_QUALITY = 92
 
 
@@ -44,18 +44,25 @@ def labelmap_text(classes=CLASSES):
 # ---------------------------------------------------------------- backgrounds
 
 def _smooth_noise(rng, size, cells, channels=3):
-    """Colour noise on a coarse grid, resized smoothly: large soft blobs."""
-    grid = rng.uniform(0, 255, size=(cells, cells, channels)).astype(np.float32)
+    """Noise in [-1, 1] on a coarse grid, resized smoothly: large soft blobs."""
+    grid = rng.uniform(-1, 1, size=(cells, cells, channels)).astype(np.float32)
     return cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC).reshape(size, size, channels)
 
 
+def _muted_colour(rng):
+    """A background colour: mid-grey mixed with a little of a random hue."""
+    grey = rng.uniform(70, 190)
+    return np.clip(grey + rng.uniform(-35, 35, size=3), 0, 255).astype(np.float32)
+
+
 def _background(rng, size):
+    """Textured but muted: the shapes (saturated, contrasting) stay the brightest signal."""
+    base = _muted_colour(rng)
     kind = rng.integers(4)
     if kind == 0:  # soft colour blobs
-        img = _smooth_noise(rng, size, int(rng.integers(2, 6)))
+        img = base + rng.uniform(25, 55) * _smooth_noise(rng, size, int(rng.integers(2, 6)))
     elif kind == 1:  # stripes or a checkerboard of two close colours, at a random angle
-        base = rng.uniform(40, 215, size=3)
-        other = np.clip(base + rng.uniform(-45, 45, size=3), 0, 255)
+        other = base + rng.uniform(-30, 30, size=3)
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
         angle = rng.uniform(0, math.pi)
         period = rng.uniform(6, 24)
@@ -65,25 +72,24 @@ def _background(rng, size):
             v = (-xx * math.sin(angle) + yy * math.cos(angle)) / period
             pattern = (pattern + np.floor(v)) % 2
         img = base + pattern[..., None] * (other - base)
-    elif kind == 2:  # photographic-like 1/f noise: octaves of smooth noise
+    elif kind == 2:  # photographic-like 1/f noise: octaves of smooth noise, mostly in luminance
         img = np.zeros((size, size, 3), np.float32)
-        weight, total = 1.0, 0.0
+        weight = 1.0
         for cells in (2, 4, 8, 16, 32):
-            img += weight * _smooth_noise(rng, size, cells)
-            total += weight
+            octave = _smooth_noise(rng, size, cells, channels=1)
+            img += weight * (0.75 * octave + 0.25 * _smooth_noise(rng, size, cells))
             weight *= 0.6
-        img /= total
-        img = (img - img.mean()) * 2.2 + rng.uniform(70, 190)
-    else:  # a plain gradient with clutter lines that are not objects
-        c0, c1 = rng.uniform(30, 225, size=(2, 3))
+        img = base + rng.uniform(30, 60) * img
+    else:  # a plain gradient with a few clutter lines that are not objects
+        other = _muted_colour(rng)
         t = np.linspace(0, 1, size, dtype=np.float32)
-        img = c0 + (c1 - c0) * t[:, None, None] if rng.random() < 0.5 else c0 + (c1 - c0) * t[None, :, None]
-        img = np.broadcast_to(img, (size, size, 3)).copy()
-        for _ in range(int(rng.integers(2, 7))):
+        ramp = t[:, None, None] if rng.random() < 0.5 else t[None, :, None]
+        img = np.broadcast_to(base + (other - base) * ramp, (size, size, 3)).copy()
+        for _ in range(int(rng.integers(1, 5))):
             p0 = tuple(int(v) for v in rng.integers(0, size, 2))
             p1 = tuple(int(v) for v in rng.integers(0, size, 2))
-            colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
-            cv2.line(img, p0, p1, colour, int(rng.integers(1, 3)), cv2.LINE_AA)
+            colour = tuple(float(v) for v in _muted_colour(rng) + rng.uniform(-40, 40))
+            cv2.line(img, p0, p1, colour, 1, cv2.LINE_AA)
     return np.clip(img, 0, 255).astype(np.float32)
 
 
@@ -129,10 +135,11 @@ def _contrasting_colour(rng, background_mean):
     """A saturated colour that stands out from the background under the shape."""
     best, best_distance = None, -1.0
     for _ in range(12):
-        hsv = np.array([[[rng.uniform(0, 180), rng.uniform(120, 255), rng.uniform(60, 255)]]], np.float32)
+        hsv = np.array([[[rng.uniform(0, 180), rng.uniform(150, 255), rng.choice([rng.uniform(20, 70),
+                                                                                    rng.uniform(170, 255)])]]])
         bgr = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
         distance = float(np.abs(bgr - background_mean).sum())
-        if distance > 150:
+        if distance > 200:
             return bgr
         if distance > best_distance:
             best, best_distance = bgr, distance
@@ -151,11 +158,11 @@ def render_image(rng, size):
     n_objects = int(rng.integers(1, 6))
     for _ in range(n_objects):
         cls = CLASSES[int(rng.integers(len(CLASSES)))]
-        tiny = rng.random() < 0.12
+        tiny = rng.random() < 0.08
         if tiny:
             radius = rng.uniform(0.025, 0.04) * size
         else:
-            radius = math.exp(rng.uniform(math.log(0.07), math.log(0.25))) * size
+            radius = math.exp(rng.uniform(math.log(0.08), math.log(0.25))) * size
         for _attempt in range(20):
             cx, cy = rng.uniform(radius, size - radius, size=2)
             coverage = _shape_mask(rng, cls, size, cx, cy, radius)
@@ -177,7 +184,7 @@ def render_image(rng, size):
         full_area.append(int(solid.sum()))
         classes.append(cls)
 
-    noise_sigma = rng.uniform(2, 9)
+    noise_sigma = rng.uniform(2, 7)
     img = img + rng.normal(0, noise_sigma, size=img.shape).astype(np.float32)
     if rng.random() < 0.3:
         img = cv2.GaussianBlur(img, (3, 3), 0)
