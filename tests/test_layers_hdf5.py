@@ -68,3 +68,15 @@ def test_hdf5_output_writes_data_and_label(tmp_path):
     with h5py.File(tmp_path / "out.h5", "r") as f:
         np.testing.assert_array_equal(f["data"][()], a.numpy())
         np.testing.assert_array_equal(f["label"][()], b.numpy())
+
+
+def test_data_parallel_ranks_interleave_rows(tmp_path):
+    write_files(tmp_path, [3, 2])
+    text = 'name: "d" type: "HDF5Data" top: "label" hdf5_data_param { source: "list.txt" batch_size: 3 }'
+    seen = []
+    for rank in range(2):
+        layer = build(text, NetContext(phase=caffe_pb2.TRAIN, root_dir=str(tmp_path), rank=rank, world_size=2))
+        seen.append(layer().numpy().astype(int).tolist() + layer().numpy().astype(int).tolist())
+    assert seen == [[0, 2, 4, 1, 3, 0], [1, 3, 0, 2, 4, 1]]
+    test_net = build(text, NetContext(phase=caffe_pb2.TEST, root_dir=str(tmp_path), rank=1, world_size=2))
+    assert test_net().numpy().astype(int).tolist() == [0, 1, 2]

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import torch
 
+from protonet import caffe_pb2
 from protonet.errors import ProtonetError, ShapeError
 from protonet.layers.base import Layer, register
 
@@ -29,7 +30,8 @@ class HDF5DataLayer(Layer):
     per forward. Rows are taken in order (or a shuffled order) through a file, then the next file;
     after the last file it starts again from the first. With shuffle, the file order is shuffled at
     setup and at each wrap, and the row order whenever a file is (re)entered — Caffe's schedule, with
-    numpy's RNG (seeded from ctx.seed) in place of std::random_shuffle."""
+    numpy's RNG (seeded from ctx.seed) in place of std::random_shuffle. With ctx.world_size > 1 a
+    TRAIN net reads every world_size-th row, starting at its rank."""
 
     is_data = True
 
@@ -95,28 +97,8 @@ class HDF5DataLayer(Layer):
         if self.shuffle:
             self.rng.shuffle(self.row_order)
 
-    def next_rows(self):
-        """Indices (file-local) of the next batch, following Caffe's Forward loop; may cross files."""
-        picks = []
-        for _ in range(self.batch_size):
-            while True:
-                self._wrap()
-                keep = self.offset % self.world_size == self.rank
-                self.offset += 1
-                if keep:
-                    break
-                self.current_row += 1
-            picks.append([a[self.row_order[self.current_row]] for a in self.arrays])
-            self.current_row += 1
-        return picks
-
-    def skip_batches(self, n):
-        """Read past n batches (a resumed solver continues where the snapshot left the data)."""
-        for _ in range(int(n)):
-            self.next_rows()
-
-    def _wrap(self):
-        """At the end of the current file: move to the next file (or back to the first)."""
+    def _wrap_if_done(self):
+        """At the end of a file: the next file (or the first again), reshuffling as Caffe does."""
         if self.current_row == self.arrays[0].shape[0]:
             if len(self.files) > 1:
                 self.current_file += 1
@@ -128,6 +110,26 @@ class HDF5DataLayer(Layer):
             self.current_row = 0
             if self.shuffle:
                 self.rng.shuffle(self.row_order)
+
+    def _skip(self):
+        # Data parallel (BVLC's HDF5DataLayer::Skip): rank r of n reads the rows whose running
+        # offset is r modulo n; a TEST net reads everything.
+        n = self.ctx.world_size
+        return n > 1 and self.phase != caffe_pb2.TEST and self.offset % n != self.ctx.rank
+
+    def next_rows(self):
+        """The rows of the next batch, following Caffe's Forward loop; a batch may cross files."""
+        picks = []
+        for _ in range(self.batch_size):
+            self._wrap_if_done()
+            while self._skip():
+                self.current_row += 1
+                self.offset += 1
+                self._wrap_if_done()
+            picks.append([a[self.row_order[self.current_row]] for a in self.arrays])
+            self.current_row += 1
+            self.offset += 1
+        return picks
 
     def forward(self):
         picks = self.next_rows()
