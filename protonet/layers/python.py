@@ -93,15 +93,15 @@ class PythonLayer(Layer):
         cls = getattr(module, p.layer, None)
         if cls is None:
             raise ProtonetError(f"layer {self.name} (Python): module '{p.module}' has no '{p.layer}'")
-        obj = cls.__new__(cls)
+        # pycaffe constructs the class with the LayerParameter, then sets param_str and phase.
+        try:
+            obj = cls(param)
+        except TypeError:
+            obj = cls()
         obj.param_str = p.param_str
         obj.phase = ctx.phase
-        obj.blobs = []
-        if hasattr(cls, "__init__") and cls.__init__ is not object.__init__:
-            try:
-                cls.__init__(obj)
-            except TypeError:
-                pass  # pycaffe layers take the C++ LayerParameter; ours set the fields above
+        if not hasattr(obj, "blobs"):
+            obj.blobs = []
         self.obj = obj
         bottoms = [PyBlob(shape) for shape in self.bottom_shapes]
         self.tops = [PyBlob() for _ in param.top]
