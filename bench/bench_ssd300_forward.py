@@ -4,7 +4,7 @@ Same prototxt, same seeded weights (written by protonet, read by cv2.dnn.readNet
 input image, same process. Prints per-run medians and the ratio; checks that both produce the
 same detections before timing.
 
-    .venv/bin/python bench/bench_ssd300_forward.py [--iterations 20] [--threads N] [--device cpu|cuda]
+    .venv/bin/python bench/bench_ssd300_forward.py [--iterations 20] [--threads N] [--device cpu|cuda] [--channels-last]
 """
 import argparse
 import math
@@ -56,6 +56,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for both (0: library defaults)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device for protonet")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="protonet weights and input in channels-last memory format (faster oneDNN convolutions)")
     args = ap.parse_args(argv)
 
     import cv2
@@ -98,6 +100,10 @@ def main(argv=None):
     heads_param.layer.extend(l for l in param.layer if l.type != "DetectionOutput")
     heads = Net(heads_param, phase="TEST")
     heads.share_weights_from(net)
+    if args.channels_last:
+        net.to(memory_format=torch.channels_last)
+        heads.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     head_names = ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"]
 
     def run_protonet():
@@ -128,7 +134,8 @@ def main(argv=None):
     same = ours.shape == theirs.shape
     print(f"model: {args.model}")
     print(f"input: {list(shape)}  torch threads: {torch.get_num_threads()}  opencv threads: {cv2.getNumThreads()}  "
-          f"protonet device: {device}  torch {torch.__version__}  opencv {cv2.__version__}")
+          f"protonet device: {device}{' channels-last' if args.channels_last else ''}  torch {torch.__version__}  "
+          f"opencv {cv2.__version__}")
     print(f"detections: protonet {ours.shape[0]}, opencv {theirs.shape[0]}{'' if same else '  (MISMATCH)'}")
 
     # Interleave the two libraries so that machine load drifts affect both alike.
