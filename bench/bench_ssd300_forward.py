@@ -1,8 +1,8 @@
 """Forward latency of the SSD300 (VGG16, VOC) deploy net: protonet vs OpenCV dnn, side by side.
 
 Same prototxt, same seeded weights (written by protonet, read by cv2.dnn.readNetFromCaffe), same
-input image, same process. Prints per-run medians and the ratio; checks that both produce the
-same detections before timing.
+input image, same process. Prints per-run medians and the ratio, for the whole net and for the
+convolutions and heads alone; first checks that both give the same number of detections.
 
     .venv/bin/python bench/bench_ssd300_forward.py [--iterations 20] [--threads N] [--device cpu|cuda] [--channels-last]
 """
