@@ -64,7 +64,7 @@ class HDF5DataLayer(Layer):
         self._load(self.files[self.file_order[0]])
         self.current_row = 0
         # data-parallel training (TRAIN only): rank r keeps the rows whose stream position % world_size == r
-        self.rank, self.world_size = (ctx.rank, ctx.world_size) if ctx.phase == 0 else (0, 1)
+        self.rank, self.world_size = (ctx.rank, ctx.world_size) if ctx.phase == caffe_pb2.TRAIN else (0, 1)
         self.offset = 0
         self.top_shapes = [(self.batch_size,) + a.shape[1:] for a in self.arrays]
 
@@ -114,8 +114,7 @@ class HDF5DataLayer(Layer):
     def _skip(self):
         # Data parallel (BVLC's HDF5DataLayer::Skip): rank r of n reads the rows whose running
         # offset is r modulo n; a TEST net reads everything.
-        n = self.ctx.world_size
-        return n > 1 and self.phase != caffe_pb2.TEST and self.offset % n != self.ctx.rank
+        return self.world_size > 1 and self.offset % self.world_size != self.rank
 
     def next_rows(self):
         """The rows of the next batch, following Caffe's Forward loop; a batch may cross files."""
@@ -130,6 +129,11 @@ class HDF5DataLayer(Layer):
             self.current_row += 1
             self.offset += 1
         return picks
+
+    def skip_batches(self, n):
+        """Read past n batches (a resumed solver continues where the snapshot left the data)."""
+        for _ in range(int(n)):
+            self.next_rows()
 
     def forward(self):
         picks = self.next_rows()
