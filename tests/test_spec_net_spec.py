@@ -1,7 +1,8 @@
-"""NetSpec, layers (L), params (P), to_proto: pycaffe's semantics, checked against the fork's own
-net_spec.py (tests/fixtures/reference/net_spec/) run as the oracle, plus protonet's additions
+"""NetSpec, layers (L), params (P), to_proto: pycaffe's semantics, checked against the RefineDet
+fork's own python/caffe/net_spec.py run as the oracle (not in this repository: those tests need
+PROTONET_FORK_SOURCES, tests/fork_sources.py, and skip without it), plus protonet's additions
 (integral floats for int fields, errors that name the layer and field)."""
-import pathlib
+import functools
 import types
 
 import pytest
@@ -11,26 +12,25 @@ from protonet import caffe_pb2
 from protonet.errors import ProtonetError
 from protonet.spec import net_spec
 
-ORACLE_PATH = pathlib.Path(__file__).resolve().parent / "fixtures" / "reference" / "net_spec" / "net_spec_refinedet.py"
+from fork_sources import fork_file
 
 
-def _load_oracle():
+@functools.lru_cache(maxsize=None)
+def _load_oracle(path):
     """pycaffe's net_spec.py on protonet's schema (its `six` and relative proto import replaced)."""
-    source = ORACLE_PATH.read_text()
+    source = path.read_text()
     source = source.replace("from .proto import caffe_pb2", "").replace("import six", "")
     module = types.ModuleType("pycaffe_net_spec")
     module.caffe_pb2 = caffe_pb2
     module.six = types.SimpleNamespace(iteritems=lambda d: iter(d.items()))
-    exec(compile(source, str(ORACLE_PATH), "exec"), module.__dict__)
+    exec(compile(source, str(path), "exec"), module.__dict__)
     return module
-
-
-PYCAFFE = _load_oracle()
 
 
 def _both(program):
     """program(NetSpec, L, P, to_proto) -> NetParameter, run with pycaffe's and with ours."""
-    theirs = program(PYCAFFE.NetSpec, PYCAFFE.layers, PYCAFFE.params, PYCAFFE.to_proto)
+    pycaffe = _load_oracle(fork_file("refinedet", "python/caffe/net_spec.py"))
+    theirs = program(pycaffe.NetSpec, pycaffe.layers, pycaffe.params, pycaffe.to_proto)
     ours = program(net_spec.NetSpec, net_spec.layers, net_spec.params, net_spec.to_proto)
     return ours, theirs
 
