@@ -118,6 +118,43 @@ def test_parameters_go_where_pycaffe_puts_them():
     _assert_same(program)
 
 
+def _naming_program(NetSpec, L, P, to_proto):
+    n = NetSpec()
+    n.data, n.label = L.Data(ntop=2, source="db", batch_size=4)
+    a = L.Convolution(n.data, num_output=4, kernel_size=3)
+    n.conv2 = L.Convolution(L.ReLU(a, in_place=True), num_output=4, kernel_size=1)
+    two = L.Slice(n.conv2, ntop=2, slice_point=[2])
+    n.first = two[0]
+    n.sum = L.Eltwise(n.first, L.Convolution(two[1], num_output=2, kernel_size=1))
+    n.silence = L.Silence(n.label)
+    return n.to_proto()
+
+
+# What pycaffe (the RefineDet fork's net_spec.py) writes for _naming_program: a layer takes its first
+# top's name; unnamed tops are <Type><count>; in-place layers write their bottom; Silence has no top.
+NAMING_EXPECTED = [
+    ("data", "Data", [], ["data", "label"]),
+    ("Convolution1", "Convolution", ["data"], ["Convolution1"]),
+    ("ReLU1", "ReLU", ["Convolution1"], ["Convolution1"]),
+    ("conv2", "Convolution", ["Convolution1"], ["conv2"]),
+    ("first", "Slice", ["conv2"], ["first", "Slice1"]),
+    ("Convolution2", "Convolution", ["Slice1"], ["Convolution2"]),
+    ("sum", "Eltwise", ["first", "Convolution2"], ["sum"]),
+    ("silence", "Silence", ["label"], []),
+]
+
+
+def test_naming_without_the_oracle():
+    proto = _naming_program(net_spec.NetSpec, net_spec.layers, net_spec.params, net_spec.to_proto)
+    assert [(l.name, l.type, list(l.bottom), list(l.top)) for l in proto.layer] == NAMING_EXPECTED
+
+
+def test_naming_expectation_is_pycaffes():
+    pycaffe = _load_oracle(fork_file("refinedet", "python/caffe/net_spec.py"))
+    proto = _naming_program(pycaffe.NetSpec, pycaffe.layers, pycaffe.params, pycaffe.to_proto)
+    assert [(l.name, l.type, list(l.bottom), list(l.top)) for l in proto.layer] == NAMING_EXPECTED
+
+
 def test_netspec_access():
     n = protonet.NetSpec()
     n.data = protonet.layers.Input(shape=dict(dim=[1, 3, 4, 4]))
