@@ -74,3 +74,43 @@ def test_caffe_and_dashed_flag_spellings(fixtures, monkeypatch, capsys, tmp_path
     for flag in ("--sigint_effect", "--sigint-effect", "--sighup_effect", "--channels_last", "--channels-last",
                  "--weights", "--snapshot", "--gpu", "--iterations", "--amp"):
         assert flag in names
+
+
+PYTHON_LAYER_NET = """
+name: "py"
+input: "data"
+input_shape { dim: 2 dim: 3 }
+layer { name: "double" type: "Python" bottom: "data" top: "doubled"
+        python_param { module: "doubling_layer" layer: "Doubling" } }
+layer { name: "loss" type: "Reduction" bottom: "doubled" top: "total" }
+"""
+
+DOUBLING_MODULE = """
+class Doubling:
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 2 * bottom[0].data
+"""
+
+
+def test_python_layers_need_the_flag(tmp_path, monkeypatch, capsys):
+    (tmp_path / "doubling_layer.py").write_text(DOUBLING_MODULE)
+    (tmp_path / "net.prototxt").write_text(PYTHON_LAYER_NET)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from protonet.layers.base import NetContext
+    from protonet.net.net import Net
+
+    code, _, err = run_cli(["time", "--model", "net.prototxt", "--iterations", "1", "--phase", "TEST"], capsys)
+    assert code == 2 and "--allow-python-layers" in err and "Traceback" not in err
+    code, _, err = run_cli(["time", "--model", "net.prototxt", "--iterations", "1", "--phase", "TEST",
+                            "--allow-python-layers"], capsys)
+    assert code in (0, None), err
+    net = Net("net.prototxt", phase="TEST", ctx=NetContext(phase=1, allow_python_layers=True))
+    out = net.forward(data=torch.ones(2, 3))
+    assert torch.equal(out["doubled"], torch.full((2, 3), 2.0))

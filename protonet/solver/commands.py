@@ -75,9 +75,11 @@ def _logging(log_file=None):
       help="Mixed precision forward passes (off: Caffe's float32 numbers).")
 @_opt("channels_last", is_flag=True, default=False, help="Channels-last memory format for 4-D weights.")
 @_opt("workers", type=int, default=None, help="Data worker processes per data layer.")
+@_opt("allow_python_layers", is_flag=True, default=False,
+      help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @_opt("log", "log_file", default=None, help="Also append the log to this file.")
 def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, level, stage,
-                  amp, channels_last, workers, log_file):
+                  amp, channels_last, workers, allow_python_layers, log_file):
     """Train or finetune a model (caffe train)."""
     from protonet.solver.parallel import TrainJob, run_job, run_under_torchrun, spawn_training, torchrun_environment
     from protonet.solver.solver import RunOptions, read_solver
@@ -89,7 +91,8 @@ def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sig
         gpu = str(param.device_id)
     gpus = parse_gpus(gpu)
     options = RunOptions(device=f"cuda:{gpus[0]}" if gpus else "cpu", stages=_stages(stage), level=level,
-                         amp=amp, channels_last=channels_last, data_workers=workers)
+                         amp=amp, channels_last=channels_last, data_workers=workers,
+                         allow_python_layers=allow_python_layers)
     job = TrainJob(solver=solver, options=options, weights=weights or None, snapshot=snapshot or None,
                    sigint_effect=sigint_effect, sighup_effect=sighup_effect, max_iter=iterations,
                    log_to_stderr=True, log_path=log_file)
@@ -141,14 +144,19 @@ def _device(gpu):
 @_opt("ap_version", default="11point", type=click.Choice(["11point", "MaxIntegral", "Integral"]),
       help="AP computation for DetectionEvaluate outputs.")
 @_opt("show_per_class_result", is_flag=True, default=False, help="Print the AP of every class.")
+@_opt("allow_python_layers", is_flag=True, default=False,
+      help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @_opt("log", "log_file", default=None, help="Also append the log to this file.")
-def test_command(model, weights, iterations, gpu, level, stage, ap_version, show_per_class_result, log_file):
+def test_command(model, weights, iterations, gpu, level, stage, ap_version, show_per_class_result,
+                 allow_python_layers, log_file):
     """Score a model (caffe test); nets ending in DetectionEvaluate print their mAP."""
     with _logging(log_file):
-        run_test(model, weights, iterations, gpu, level, _stages(stage), ap_version, show_per_class_result)
+        run_test(model, weights, iterations, gpu, level, _stages(stage), ap_version, show_per_class_result,
+                 allow_python_layers)
 
 
-def run_test(model, weights, iterations, gpu="", level=0, stages=(), ap_version="11point", per_class=False):
+def run_test(model, weights, iterations, gpu="", level=0, stages=(), ap_version="11point", per_class=False,
+             allow_python_layers=False):
     """Caffe's test(): mean of every output over `iterations` batches; mAP for detection outputs.
     Returns {output name: mean values or (mAP, {label: AP})}."""
     from protonet.eval.voc import DetectionAccumulator
@@ -156,7 +164,8 @@ def run_test(model, weights, iterations, gpu="", level=0, stages=(), ap_version=
     from protonet.net.net import Net
 
     device = _device(gpu)
-    net = Net(model, phase="TEST", stages=stages, level=level, ctx=NetContext(phase=1))
+    ctx = NetContext(phase=1, allow_python_layers=allow_python_layers)
+    net = Net(model, phase="TEST", stages=stages, level=level, ctx=ctx)
     net.to(device)
     net.load_weights(weights)
     net.eval()
@@ -217,20 +226,24 @@ def run_test(model, weights, iterations, gpu="", level=0, stages=(), ap_version=
 @_opt("weights", default="", help="Optional weights to load first.")
 @_opt("amp", type=click.Choice(["bf16", "fp16"]), default=None, help="Autocast the forward passes.")
 @_opt("channels_last", is_flag=True, default=False, help="Channels-last memory format for 4-D weights.")
-def time_command(model, iterations, gpu, phase, level, stage, weights, amp, channels_last):
+@_opt("allow_python_layers", is_flag=True, default=False,
+      help="Run the prototxt's Python layers (they execute code the prototxt names).")
+def time_command(model, iterations, gpu, phase, level, stage, weights, amp, channels_last, allow_python_layers):
     """Benchmark a model's forward and backward passes (caffe time)."""
     with _logging():
-        run_time(model, iterations, gpu, phase or "TRAIN", level, _stages(stage), weights, amp, channels_last)
+        run_time(model, iterations, gpu, phase or "TRAIN", level, _stages(stage), weights, amp, channels_last,
+                 allow_python_layers)
 
 
 def run_time(model, iterations, gpu="", phase="TRAIN", level=0, stages=(), weights="", amp=None,
-             channels_last=False):
+             channels_last=False, allow_python_layers=False):
     from protonet.layers.base import NetContext
     from protonet.net.net import Net
     from protonet.solver.solver import _to_channels_last
 
     device = _device(gpu)
-    net = Net(model, phase=phase, stages=stages, level=level, ctx=NetContext(phase=0 if phase == "TRAIN" else 1))
+    net = Net(model, phase=phase, stages=stages, level=level, ctx=NetContext(phase=0 if phase == "TRAIN" else 1,
+                                                                      allow_python_layers=allow_python_layers))
     net.to(device)
     if channels_last:
         _to_channels_last(net)
@@ -254,9 +267,12 @@ def run_time(model, iterations, gpu="", phase="TRAIN", level=0, stages=(), weigh
             layer_times[name] += time.perf_counter() - starts[name]
         return hook
 
+    # Caffe times a deploy net on its zero-initialised input blobs.
+    inputs = {name: torch.zeros(net.blob_shapes[name], device=device) for name in net.input_names}
+
     def run_once():
         with autocast:
-            blobs = net()
+            blobs = net(**inputs)
             loss = net.loss(blobs)
         return loss
 

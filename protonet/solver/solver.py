@@ -52,6 +52,7 @@ class RunOptions:
     world_size: int = 1
     data_workers: int | None = None
     skip_data_on_resume: bool = True  # resume reads the data where the snapshot left it
+    allow_python_layers: bool = False  # a prototxt's Python layers run code: only when asked
 
 
 def read_solver(source):
@@ -116,7 +117,7 @@ class Solver:
     def _context(self, phase):
         o = self.options
         return NetContext(phase=phase, seed=self.seed, rank=o.rank, world_size=o.world_size,
-                          data_workers=o.data_workers)
+                          data_workers=o.data_workers, allow_python_layers=o.allow_python_layers)
 
     def _make_net(self, net_param, phase):
         factory = self._net_factory
