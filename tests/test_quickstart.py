@@ -11,7 +11,7 @@ from protonet.tools import quickstart
 
 # A short run: few images and iterations. The bar is far below the full demo's 0.80; it catches a
 # pipeline that runs but does not learn (wrong boxes, labels, priors or evaluation).
-SHORT = dict(train=240, test=48, max_iter=300)
+SHORT = dict(train=240, test=48, max_iter=600)
 LOWER_BAR = 0.2
 
 

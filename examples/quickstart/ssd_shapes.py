@@ -159,9 +159,9 @@ check_if_exist(name_size_file)
 with open(name_size_file) as fh:
     num_test_image = sum(1 for line in fh if line.strip())
 test_iter = max(1, int(math.ceil(float(num_test_image) / test_batch_size)))
-max_iter = 1500
+max_iter = 3000
 solver_param = {
-    'base_lr': 0.02,
+    'base_lr': 0.01,
     'weight_decay': 0.0005,
     'lr_policy': "multistep",
     'stepvalue': [int(max_iter * 0.6), int(max_iter * 0.85)],
