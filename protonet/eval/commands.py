@@ -23,6 +23,7 @@ import numpy as np
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
+from protonet.io.name_size import read_name_size
 from protonet.eval.voc import AP_VERSIONS, DetectionAccumulator
 
 BATCHED_DATA_PARAMS = ("data_param", "image_data_param", "hdf5_data_param", "memory_data_param",
@@ -40,25 +41,6 @@ def _batch_size(net):
                 if layer.param.HasField(field) and getattr(layer.param, field).batch_size:
                     return int(getattr(layer.param, field).batch_size)
     return None
-
-
-def read_name_size(path):
-    """[(name, height, width)] from a name/size file (`NAME HEIGHT WIDTH` per line)."""
-    if not os.path.exists(path):
-        raise ProtonetError(f"{path}: no such name_size_file")
-    rows = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 3:
-                raise ProtonetError(f"{path}:{lineno}: expected 'NAME HEIGHT WIDTH', got {line.strip()!r}")
-            try:
-                rows.append((parts[0], int(parts[1]), int(parts[2])))
-            except ValueError:
-                raise ProtonetError(f"{path}:{lineno}: height and width must be integers") from None
-    return rows
 
 
 def default_iterations(net, model):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from protonet import box, caffe_pb2
+from protonet.io.name_size import read_name_size
 from protonet.errors import ProtonetError, ShapeError
 from protonet.layers.base import Layer, register
 
@@ -363,17 +364,8 @@ class MultiBoxLoss(Layer):
         pd = list(param.propagate_down)
         self.use_loc = pd[0] if pd else True
         self.use_conf = pd[1] if len(pd) > 1 else True
-        loc_s, conf_s, prior_s, label_s = self.bottom_shapes[:4]
-        self.num_priors = prior_s[-1] // 4 if len(prior_s) == 3 else _count(prior_s) // 8
-        P = self.num_priors
-        if _count(loc_s) != P * self.loc_classes * 4:
-            raise ShapeError(f"{self.where}: loc has {_count(loc_s)} values per image, expected "
-                             f"{P * self.loc_classes * 4} for {P} priors")
-        if _count(conf_s) != P * self.num_classes:
-            raise ShapeError(f"{self.where}: conf has {_count(conf_s)} values per image, expected "
-                             f"{P * self.num_classes} for {P} priors")
-        if loc_s[0] != conf_s[0]:
-            raise ShapeError(f"{self.where}: loc and conf have different batch sizes")
+        label_s = self.bottom_shapes[3]
+        self.num_priors = P = _check_loc_conf_prior(self)
         if _count(label_s, 0) % 8:
             raise ShapeError(f"{self.where}: label rows must have 8 values")
         if len(self.bottom_shapes) >= 5 and _count(self.bottom_shapes[4]) != P * 2:
@@ -639,20 +631,24 @@ def _read_label_names(path, where):
     return names, display
 
 
+def _check_loc_conf_prior(layer):
+    """The number of priors, after checking that loc and conf (bottoms 0, 1) fit the priors (bottom 2)."""
+    loc_s, conf_s, prior_s = layer.bottom_shapes[:3]
+    P = prior_s[-1] // 4 if len(prior_s) == 3 else _count(prior_s) // 8
+    if _count(loc_s) != P * layer.loc_classes * 4:
+        raise ShapeError(f"{layer.where}: loc has {_count(loc_s)} values per image, expected "
+                         f"{P * layer.loc_classes * 4} for {P} priors")
+    if _count(conf_s) != P * layer.num_classes:
+        raise ShapeError(f"{layer.where}: conf has {_count(conf_s)} values per image, expected "
+                         f"{P * layer.num_classes} for {P} priors")
+    if loc_s[0] != conf_s[0]:
+        raise ShapeError(f"{layer.where}: loc and conf have different batch sizes")
+    return P
+
+
 def _read_name_sizes(path, where):
-    if not os.path.exists(path):
-        raise ProtonetError(f"{where}: name size file {path} not found")
-    names, sizes = [], []
-    with open(path) as f:
-        tokens = f.read().split()
-    for i in range(0, len(tokens) - 2, 3):
-        try:
-            h, w = int(tokens[i + 1]), int(tokens[i + 2])
-        except ValueError:
-            break
-        names.append(tokens[i])
-        sizes.append((h, w))
-    return names, sizes
+    rows = read_name_size(path, where)
+    return [name for name, _, _ in rows], [(h, w) for _, h, w in rows]
 
 
 def output_box(b, size, resize_param=None):
@@ -717,17 +713,7 @@ class DetectionOutput(Layer):
             raise ProtonetError(f"{self.where}: eta must be in (0, 1]")
         self.top_k = int(p.nms_param.top_k) if p.nms_param.HasField("top_k") else -1
         self.objectness_score = float(p.objectness_score)
-        loc_s, conf_s, prior_s = self.bottom_shapes[:3]
-        self.num_priors = prior_s[-1] // 4 if len(prior_s) == 3 else _count(prior_s) // 8
-        P = self.num_priors
-        if _count(loc_s) != P * self.loc_classes * 4:
-            raise ShapeError(f"{self.where}: loc has {_count(loc_s)} values per image, expected "
-                             f"{P * self.loc_classes * 4} for {P} priors")
-        if _count(conf_s) != P * self.num_classes:
-            raise ShapeError(f"{self.where}: conf has {_count(conf_s)} values per image, expected "
-                             f"{P * self.num_classes} for {P} priors")
-        if loc_s[0] != conf_s[0]:
-            raise ShapeError(f"{self.where}: loc and conf have different batch sizes")
+        self.num_priors = P = _check_loc_conf_prior(self)
         if len(self.bottom_shapes) >= 4 and _count(self.bottom_shapes[3]) != P * 2:
             raise ShapeError(f"{self.where}: arm_conf must have {P * 2} values per image")
         if len(self.bottom_shapes) == 5 and _count(self.bottom_shapes[4]) != P * 4:
