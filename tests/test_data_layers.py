@@ -1,4 +1,5 @@
 """AnnotatedData / Data / ImageData layers against the fork's batches and Caffe's conventions."""
+import pathlib
 import shutil
 
 import cv2
@@ -237,3 +238,36 @@ def test_ssd_train_transform_through_the_layer(fixtures):
         assert set(rows[:, 0]) <= {0, 1, 2, 3} and np.all(rows[:, 1] == 1)
         assert np.all((rows[:, 3:7] >= 0) & (rows[:, 3:7] <= 1))
         assert np.all(rows[:, 5] >= rows[:, 3]) and np.all(rows[:, 6] >= rows[:, 4])
+
+
+FORK_AFTER_OPENCV_THREADS = """
+import sys, cv2, numpy as np
+sys.path.insert(0, sys.argv[2])
+from test_data_layers import build, parse_prototxt, caffe_pb2
+import pathlib
+fixtures = pathlib.Path(sys.argv[1])
+cv2.setNumThreads(2)
+big = np.random.default_rng(0).integers(0, 255, (2000, 2000, 3), np.uint8)
+for _ in range(5):  # spin up OpenCV's thread pool in the parent
+    cv2.resize(big, (1500, 1500), interpolation=cv2.INTER_AREA)
+lp = parse_prototxt((fixtures / "data/annotated_data_no_sampler.prototxt").read_text(),
+                    caffe_pb2.NetParameter(), "x").layer[0]
+layer = build(lp, fixtures / "data", workers=1, seed=3)
+data, label = layer()
+print("ok", tuple(data.shape), cv2.getNumThreads())
+"""
+
+
+def test_workers_start_after_opencv_used_its_threads(fixtures, tmp_path):
+    # A forked worker that inherits OpenCV's live thread pool hangs on its first OpenCV call
+    # that touches the pool; the loader must fork while OpenCV is single-threaded.
+    import subprocess
+    import sys
+
+    script = tmp_path / "fork_after_threads.py"
+    script.write_text(FORK_AFTER_OPENCV_THREADS)
+    tests_dir = str(pathlib.Path(__file__).parent)
+    proc = subprocess.run([sys.executable, str(script), str(fixtures), tests_dir],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[0] == "ok" and proc.stdout.split()[-1] == "2"

@@ -113,9 +113,7 @@ class BatchMaker(torch.utils.data.Dataset):
 
 
 def _worker_init(_):
-    import cv2
-
-    cv2.setNumThreads(1)
+    # OpenCV already runs single-threaded here: the parent set that before forking (see _start).
     torch.set_num_threads(1)
 
 
@@ -143,7 +141,19 @@ class Prefetcher:
             kwargs.update(prefetch_factor=max(1, self.prefetch // self.workers + 1),
                           persistent_workers=False, worker_init_fn=_worker_init,
                           multiprocessing_context="fork" if os.name == "posix" else None)
-        self._it = iter(torch.utils.data.DataLoader(self.maker, **kwargs))
+        if not self.workers:
+            self._it = iter(torch.utils.data.DataLoader(self.maker, **kwargs))
+            return
+        # A forked child must not inherit OpenCV's thread pool: touching it there (even to shrink
+        # it) waits forever on the parent's threads. Fork while OpenCV is single-threaded.
+        import cv2
+
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            self._it = iter(torch.utils.data.DataLoader(self.maker, **kwargs))
+        finally:
+            cv2.setNumThreads(threads)
 
     def __next__(self):
         if self._it is None:
