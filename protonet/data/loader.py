@@ -136,14 +136,13 @@ class Prefetcher:
     def _start(self):
         kwargs = dict(batch_size=None, sampler=itertools.count(self.next_batch),
                       num_workers=self.workers, pin_memory=self.pin_memory)
-        if self.workers:
-            close_lmdb_handles()
-            kwargs.update(prefetch_factor=max(1, self.prefetch // self.workers + 1),
-                          persistent_workers=False, worker_init_fn=_worker_init,
-                          multiprocessing_context="fork" if os.name == "posix" else None)
         if not self.workers:
             self._it = iter(torch.utils.data.DataLoader(self.maker, **kwargs))
             return
+        close_lmdb_handles()
+        kwargs.update(prefetch_factor=max(1, self.prefetch // self.workers + 1),
+                      persistent_workers=False, worker_init_fn=_worker_init,
+                      multiprocessing_context="fork" if os.name == "posix" else None)
         # A forked child must not inherit OpenCV's thread pool: touching it there (even to shrink
         # it) waits forever on the parent's threads. Fork while OpenCV is single-threaded.
         import cv2
