@@ -6,7 +6,8 @@ PROTONET_FORK_SOURCES to a directory holding two checkouts (tests/fixtures/refer
     $PROTONET_FORK_SOURCES/refinedet/   sfzhang15/RefineDet
     $PROTONET_FORK_SOURCES/ssd/         weiliu89/caffe, branch ssd
 
-Without it those tests skip; a file missing under a directory that is set is a failure (a
+It defaults to ../shared/fork-sources beside the checkout (CI has it), so the oracle tests run
+there; without either they skip. A file missing under a directory that is set is a failure (a
 wrong directory must not pass as "skipped").
 """
 import os
@@ -18,10 +19,15 @@ VARIABLE = "PROTONET_FORK_SOURCES"
 FAMILIES = ("refinedet", "ssd")
 
 
+DEFAULT = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fork-sources"
+
+
 def fork_root():
-    """The directory PROTONET_FORK_SOURCES names, or None when it is not set."""
+    """The directory PROTONET_FORK_SOURCES names, else ../shared/fork-sources when it exists, else None."""
     value = os.environ.get(VARIABLE, "").strip()
-    return pathlib.Path(value).expanduser() if value else None
+    if value:
+        return pathlib.Path(value).expanduser()
+    return DEFAULT if DEFAULT.is_dir() else None
 
 
 def fork_file(family, relative):
