@@ -4,6 +4,7 @@ Flags are spelled as Caffe spells them (--sigint_effect) and also with dashes (-
 """
 import contextlib
 import os
+import signal
 import time
 
 import click
@@ -69,6 +70,11 @@ def _logging(log_file=None):
       help="Action on SIGINT: snapshot, stop or none.")
 @_opt("sighup_effect", default="snapshot", type=click.Choice(["stop", "snapshot", "none"]),
       help="Action on SIGHUP: snapshot, stop or none.")
+@_opt("sigterm_effect", default="stop", type=click.Choice(["stop", "snapshot", "none"]),
+      help="Action on SIGTERM (what schedulers send before a kill): stop (with the final snapshot), "
+           "snapshot or none.")
+@_opt("resume", is_flag=True, default=False,
+      help="Resume from the newest complete snapshot pair of the solver's prefix (none: start afresh).")
 @_opt("level", type=int, default=0, help="Net state level.")
 @_opt("stage", default="", help="Net state stages, separated by ','.")
 @_opt("amp", type=click.Choice(["bf16", "fp16"]), default=None,
@@ -78,14 +84,18 @@ def _logging(log_file=None):
 @_opt("allow_python_layers", is_flag=True, default=False,
       help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @_opt("log", "log_file", default=None, help="Also append the log to this file.")
-def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, level, stage,
-                  amp, channels_last, workers, allow_python_layers, log_file):
-    """Train or finetune a model (caffe train)."""
-    from protonet.solver.launch import TrainJob, run_job, run_under_torchrun, spawn_training, torchrun_environment
+def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, sigterm_effect, resume,
+                  level, stage, amp, channels_last, workers, allow_python_layers, log_file):
+    """Train or finetune a model (caffe train). A signal that stops it before max_iter ends it with
+    exit status 128 + the signal's number (SIGINT 130, SIGTERM 143)."""
+    from protonet.solver.launch import (TrainJob, exit_status, run_job, run_under_torchrun, spawn_training,
+                                        torchrun_environment)
     from protonet.solver.solver import RunOptions, read_solver
 
     if snapshot and weights:
         raise ProtonetError("give --snapshot to resume training or --weights to finetune, not both")
+    if snapshot and resume:
+        raise ProtonetError("give --snapshot to resume from a given state or --resume for the newest, not both")
     param = read_solver(solver)
     if not gpu and param.solver_mode == param.GPU and torch.cuda.is_available():
         gpu = str(param.device_id)
@@ -94,16 +104,16 @@ def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sig
                          amp=amp, channels_last=channels_last, data_workers=workers,
                          allow_python_layers=allow_python_layers)
     job = TrainJob(solver=solver, options=options, weights=weights or None, snapshot=snapshot or None,
-                   sigint_effect=sigint_effect, sighup_effect=sighup_effect, max_iter=iterations,
-                   log_to_stderr=True, log_path=log_file)
+                   sigint_effect=sigint_effect, sighup_effect=sighup_effect, sigterm_effect=sigterm_effect,
+                   resume=resume, max_iter=iterations, log_to_stderr=True, log_path=log_file)
     if torchrun_environment() is not None:
-        run_under_torchrun(job)
+        status = exit_status(run_under_torchrun(job))
     elif len(gpus) > 1:
         with _logging(log_file):
             log.info("Using GPUs %s", ", ".join(str(g) for g in gpus))
             for g in gpus:
                 log.info("GPU %d: %s", g, torch.cuda.get_device_name(g))
-        spawn_training(job, [f"cuda:{g}" for g in gpus])
+        status = spawn_training(job, [f"cuda:{g}" for g in gpus])
     else:
         if gpus:
             torch.cuda.set_device(gpus[0])
@@ -116,9 +126,14 @@ def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sig
                     log.info("solver_mode GPU but no CUDA device is available: using the CPU")
                 log.info("Use CPU.")
         solver_obj = run_job(job)
+        status = exit_status(solver_obj)
         with _logging(log_file):
             if not solver_obj.requested_early_exit:
                 log.info("Optimization Done.")
+    if status:
+        with _logging(log_file):
+            log.info("Stopped by %s before max_iter: exit status %d", signal.Signals(status - 128).name, status)
+        raise SystemExit(status)
 
 
 # ---------------------------------------------------------------------- test

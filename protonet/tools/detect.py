@@ -31,6 +31,7 @@ import numpy as np
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
+from protonet.io.atomic import atomic_open
 from protonet.io.prototxt import parse_prototxt, read_prototxt
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -288,7 +289,7 @@ def run_detect(model, weights, inputs, out_dir, labelmap=None, threshold=0.5, de
     os.makedirs(out_dir, exist_ok=True)
     used, records = set(), []
     jsonl = os.path.join(out_dir, "detections.jsonl")
-    with open(jsonl + ".tmp", "w") as fh:
+    with atomic_open(jsonl, "w") as fh:  # a killed run leaves no half file under the final name
         for path in (progress(images) if progress else images):
             img = detector.read(path)
             dets = detector.detect(img, key=path, threshold=threshold)
@@ -298,7 +299,6 @@ def run_detect(model, weights, inputs, out_dir, labelmap=None, threshold=0.5, de
                           "box": det["box"]}
                 fh.write(json.dumps(record) + "\n")
                 records.append(record)
-    os.replace(jsonl + ".tmp", jsonl)
     return images, records
 
 

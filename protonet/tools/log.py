@@ -22,6 +22,7 @@ import click
 import numpy as np
 
 from protonet.errors import ProtonetError
+from protonet.io.atomic import atomic_open
 
 ITERATION = re.compile(r"Iteration (\d+)")
 TRAIN_OUTPUT = re.compile(r"Train net output #(\d+): (\S+) = ([\.\deE+-]+)")
@@ -113,7 +114,7 @@ def write_tables(log_path, out_dir, train, test, delimiter=","):
         if not rows:
             continue
         name = os.path.join(out_dir, base + suffix)
-        with open(name, "w", newline="") as fh:
+        with atomic_open(name, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()), dialect=csv.excel, delimiter=delimiter)
             writer.writeheader()
             writer.writerows(rows)
