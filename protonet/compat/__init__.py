@@ -9,7 +9,7 @@ import contextlib
 import importlib
 import sys
 
-from protonet.spec import model_libs
+from protonet.spec import model_libs, net_spec
 
 _ALIASES = ("caffe", "caffe.proto", "caffe.proto.caffe_pb2", "caffe.net_spec", "caffe.model_libs")
 _OURS = "protonet.compat.caffe"
@@ -37,8 +37,6 @@ def caffe_modules(flavor):
         proto = importlib.import_module(_OURS + ".proto")
         pb2 = importlib.import_module(_OURS + ".proto.caffe_pb2")
         libs = _fresh(_OURS + ".model_libs")
-        from protonet.spec import net_spec
-
         sys.modules.update({"caffe": package, "caffe.proto": proto, "caffe.proto.caffe_pb2": pb2,
                             "caffe.net_spec": net_spec, "caffe.model_libs": libs})
         package.model_libs = libs
