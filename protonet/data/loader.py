@@ -14,12 +14,13 @@ import itertools
 import logging
 import os
 
+import cv2
 import numpy as np
 import torch
 
 from protonet.data.records import CorruptRecord, close_lmdb_handles, decode_record
+from protonet.data.workers import die_with_parent, leave_signals_to_parent
 from protonet.errors import ProtonetError
-from protonet.process import die_with_parent, leave_signals_to_parent
 
 log = logging.getLogger("protonet.data")
 
@@ -150,8 +151,6 @@ class Prefetcher:
                       multiprocessing_context="fork" if os.name == "posix" else None)
         # A forked child must not inherit OpenCV's thread pool: touching it there (even to shrink
         # it) waits forever on the parent's threads. Fork while OpenCV is single-threaded.
-        import cv2
-
         threads = cv2.getNumThreads()
         cv2.setNumThreads(1)
         try:

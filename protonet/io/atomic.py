@@ -86,7 +86,7 @@ def _sync_directory(directory):
         os.close(fd)
 
 
-def replace(tmp, path):
+def replace(tmp, path, sync=True):
     """Rename `tmp` over `path`; a directory replaces a directory (the old one removed after)."""
     if os.path.isdir(tmp) and os.path.isdir(path) and not os.path.islink(path):
         old = temporary_name(path)
@@ -95,11 +95,12 @@ def replace(tmp, path):
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
-    _sync_directory(os.path.dirname(os.path.abspath(path)))
+    if sync:
+        _sync_directory(os.path.dirname(os.path.abspath(path)))
 
 
 @contextlib.contextmanager
-def atomic_path(path, needed=None):
+def atomic_path(path, needed=None, sync=True):
     """Yields a temporary path to write (a file, or a directory such as an LMDB); when the block
     ends without error it is renamed to `path`, else removed. OSErrors become one WriteError line."""
     path = os.fspath(path)
@@ -110,7 +111,7 @@ def atomic_path(path, needed=None):
     tmp = temporary_name(path)
     try:
         yield tmp
-        replace(tmp, path)
+        replace(tmp, path, sync)
     except OSError as exc:
         _remove(tmp)
         raise write_error(exc, path, needed) from None
@@ -120,25 +121,38 @@ def atomic_path(path, needed=None):
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode="wb", needed=None, **kwargs):
+def atomic_open(path, mode="wb", needed=None, sync=True, **kwargs):
     """A file handle (`mode` "wb" or "w", open()'s keywords) whose content appears at `path` only
-    when the block ends without error; flushed to disk before the rename."""
+    when the block ends without error; flushed to disk before the rename unless `sync` is False
+    (enough against a killed process, not against a power cut)."""
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open: mode must be 'wb' or 'w', not {mode!r}")
-    with atomic_path(path, needed=needed) as tmp:
+    with atomic_path(path, needed=needed, sync=sync) as tmp:
         # a plain open() would give the file the umask's mode; O_EXCL: the fresh name is ours
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_UMASK)
         with open(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                os.fsync(fh.fileno())
 
 
-def atomic_write(path, data, needed=None):
+def atomic_write(path, data, needed=None, sync=True):
     """Write bytes (or str) to `path` through a temporary file and a rename."""
     with atomic_open(path, "wb" if isinstance(data, (bytes, bytearray, memoryview)) else "w",
-                     needed=needed) as fh:
+                     needed=needed, sync=sync) as fh:
         fh.write(data)
+
+
+def atomic_write_image(path, image):
+    """Write an image (BGR array) in the format its extension names, as atomic_write does (not
+    synced: `detect` writes one per input image)."""
+    import cv2  # OpenCV only for the commands that write images
+
+    ok, encoded = cv2.imencode(os.path.splitext(os.fspath(path))[1] or ".png", image)
+    if not ok:
+        raise ProtonetError(f"{path}: OpenCV cannot encode an image for this extension")
+    atomic_write(path, encoded.tobytes(), sync=False)
 
 
 def remove_stale(directory, name_pattern):

@@ -1,4 +1,4 @@
-"""Child processes that end with their parent: data-loader workers and data-parallel ranks.
+"""Child processes that end with their parent: data-loader workers (and data-parallel ranks).
 
 A child asks the kernel for SIGKILL when its parent dies (Linux's PR_SET_PDEATHSIG), so a parent
 killed with kill -9 leaves no worker behind; where that call does not exist, a thread watches the
