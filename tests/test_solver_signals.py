@@ -36,12 +36,13 @@ class Train:
         for line in self.proc.stderr:
             self.lines.append(line)
 
-    def wait_for(self, text, timeout=120):
+    def wait_for(self, *texts, timeout=120, poll=0.01):
+        """Until a line of the log holds every one of `texts`."""
         end = time.monotonic() + timeout
-        while not any(text in line for line in self.lines):
+        while not any(all(t in line for t in texts) for line in self.lines):
             if self.proc.poll() is not None or time.monotonic() > end:
-                raise AssertionError(f"no '{text}' in the log:\n{''.join(self.lines[-30:])}")
-            time.sleep(0.01)
+                raise AssertionError(f"no line with {texts} in the log:\n{''.join(self.lines[-30:])}")
+            time.sleep(poll)
 
     def finish(self, timeout=300):
         rc = self.proc.wait(timeout=timeout)
@@ -249,32 +250,32 @@ def _state_fields(path):
     return (state.iter, state.current_step, [a.tobytes() for a in solverstate_history_arrays(state)])
 
 
+def _kill_at(run, rng, directory, mid_snapshot):
+    """kill -9 `run` at a moment chosen by its log: while the pair of a random snapshot is being
+    written (model or state), or a random few milliseconds after a random iteration."""
+    if mid_snapshot:
+        iteration = rng.choice(range(3, 24, 3))
+        which = rng.choice(["Snapshotting to binary proto file", "Snapshotting solver state"])
+        run.wait_for(which, f"k_iter_{iteration}.", poll=0.0005)
+        time.sleep(rng.uniform(0, 0.004))
+    else:
+        run.wait_for(f"Iteration {rng.randrange(0, 24)}, lr")
+        time.sleep(rng.uniform(0, 0.05))
+    run.proc.kill()
+    rc, _ = run.finish()
+    assert rc == -signal.SIGKILL, "the run ended before it was killed"
+
+
 def run_kill_trials(fixtures, tmp_path, trials, seed):
     rng = random.Random(seed)
     ref_dir, ref_solver = _kill_setup(tmp_path, "reference")
-    run = Train(fixtures, "--solver", ref_solver)
-    run.wait_for("Solving kill_net")
-    start = time.monotonic()
-    rc, log = run.finish()
-    train_time = time.monotonic() - start
+    rc, log = Train(fixtures, "--solver", ref_solver).finish()
     assert rc == 0, log[-3000:]
     reference = (ref_dir / "k_iter_24.caffemodel").read_bytes()
     results = []
     for trial in range(trials):
         directory, solver = _kill_setup(tmp_path, f"trial{trial}")
-        mid_snapshot = trial % 2 == 1  # every other trial waits for a snapshot being written
-        run = Train(fixtures, "--solver", solver)
-        run.wait_for("Solving kill_net")
-        if mid_snapshot:
-            end = time.monotonic() + train_time * rng.uniform(0.05, 0.9)
-            while time.monotonic() < end and run.proc.poll() is None:  # the first snapshot after a random delay
-                time.sleep(0.001)
-            while run.proc.poll() is None and not _in_snapshot(directory):
-                pass
-        else:
-            time.sleep(train_time * rng.uniform(0.0, 0.7))
-        run.proc.kill()
-        run.finish()
+        _kill_at(Train(fixtures, "--solver", solver), rng, directory, mid_snapshot=trial % 2 == 1)
         caught = "mid-snapshot" if _in_snapshot(directory) else "between snapshots"
         left = sorted(os.listdir(directory))
         resumed = Train(fixtures, "--solver", solver, "--resume")
