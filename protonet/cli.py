@@ -53,6 +53,7 @@ class LazyGroup(click.Group):
         return sorted(COMMANDS)
 
     def get_command(self, ctx, name):
+        name = name.replace("_", "-")  # Caffe's spelling: `caffe device_query`
         if name not in COMMANDS:
             return None
         module_name, attr = COMMANDS[name][0].split(":")

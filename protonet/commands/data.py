@@ -1,26 +1,18 @@
 """Dataset commands: `create-annoset` (Caffe's convert_annoset), `create-list`, `make-shapes`."""
 import logging
-import sys
 
 import click
 
+from protonet.commands.options import CaffeCommand, progress_bar
 from protonet.errors import ProtonetError
 from protonet.tools.create_annoset import create_annoset, link_into
 from protonet.tools.create_list import write_coco_list, write_name_size, write_voc_lists
 from protonet.tools.shapes import CLASSES, make_shapes
 
 
-def progress_bar(label):
-    """A progress(iterable) wrapper that shows a bar on stderr while the iterable is consumed."""
-    def progress(items):
-        with click.progressbar(items, label=label, file=sys.stderr, show_pos=True) as bar:
-            yield from bar
-    return progress
-
-
 # ---------------------------------------------------------------------- create-annoset
 
-@click.command("create-annoset")
+@click.command("create-annoset", cls=CaffeCommand)
 @click.argument("root", type=click.Path())
 @click.argument("listfile", type=click.Path())
 @click.argument("outdb", type=click.Path())

@@ -12,10 +12,11 @@ log = get_logger("caffe")
 
 
 def score_model(model, weights, iterations, device="cpu", level=0, stages=(), ap_version="11point",
-                per_class=False, allow_python_layers=False):
+                per_class=False, ctx=None):
     """Caffe's test(): mean of every output over `iterations` batches; mAP for detection outputs.
-    Returns {output name: mean values or (mAP, {label: AP})}."""
-    ctx = NetContext(phase=caffe_pb2.TEST, allow_python_layers=allow_python_layers)
+    `ctx` is the NetContext of the TEST net (its options). Returns {output name: mean values or
+    (mAP, {label: AP})}."""
+    ctx = ctx or NetContext(phase=caffe_pb2.TEST)
     net = Net(model, phase="TEST", stages=stages, level=level, ctx=ctx)
     net.to(device)
     net.load_weights(weights)
