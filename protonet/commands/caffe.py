@@ -10,7 +10,7 @@ from protonet.devices import parse_gpus
 from protonet.errors import ProtonetError
 from protonet.layers.base import NetContext
 from protonet.solver.logger import get_logger
-from protonet.solver.parallel import TrainJob, run_job, run_under_torchrun, spawn_training
+from protonet.solver.launch import TrainJob, run_job, run_under_torchrun, spawn_training
 from protonet.solver.solver import RunOptions, read_solver
 from protonet.tools.score import score_model
 from protonet.tools.timing import time_model

@@ -10,22 +10,18 @@ from protonet.compat.run import run_script
 from protonet.errors import ProtonetError
 
 
-def _start_jobs(result, echo):
-    root = result["root"]
-    commands = list(result["launches"])
-    for job in result["jobs"]:
-        if not any(os.path.abspath(os.path.join(root, c)) == job for c in commands):
-            commands.append(job)
+def _start_jobs(session, echo):
+    commands = session.pending_jobs()
     if not commands:
         raise ProtonetError("--run: the script wrote no job script to start")
-    if result["missing"]:
-        raise ProtonetError("--run: not starting the job, missing: " + ", ".join(result["missing"]))
+    if session.missing:
+        raise ProtonetError("--run: not starting the job, missing: " + ", ".join(session.missing))
     env = dict(os.environ)
     # The job script calls `protonet`: make it this installation's.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     for command in commands:
         echo(f"protonet gen: starting {command}")
-        status = subprocess.call(command, shell=True, cwd=root, env=env)
+        status = subprocess.call(command, shell=True, cwd=session.root, env=env)
         if status != 0:
             raise ProtonetError(f"job {command} exited with status {status}")
 
@@ -49,15 +45,15 @@ def gen_command(script, root, run, flavor):
 
     # The script's own prints go where they went under Caffe; ours go to stderr.
     result = run_script(script, root=root, flavor=flavor, echo=echo)
-    root = result["root"]
-    for path in result["missing"]:
+    root = result.root
+    for path in result.missing:
         echo(f"protonet gen: warning: {path} does not exist (under {root}); "
              f"the job needs it before it can run")
-    for path in result["written"]:
+    for path in result.written:
         echo(f"protonet gen: wrote {os.path.relpath(path, root)}")
     if run:
         _start_jobs(result, echo)
     else:
-        pending = result["launches"] or [os.path.relpath(p, root) for p in result["jobs"]]
+        pending = result.launches or [os.path.relpath(p, root) for p in result.job_scripts]
         for command in pending:
             echo(f"protonet gen: job not started: {command} (use --run, or run it from {root})")

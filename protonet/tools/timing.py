@@ -8,7 +8,7 @@ from protonet import caffe_pb2
 from protonet.layers.base import NetContext
 from protonet.net.net import Net
 from protonet.solver.logger import format_float, get_logger
-from protonet.solver.solver import _to_channels_last
+from protonet.solver.solver import to_channels_last
 
 log = get_logger("caffe")
 
@@ -22,7 +22,7 @@ def time_model(model, iterations, device="cpu", phase="TRAIN", level=0, stages=(
     net = Net(model, phase=phase, stages=stages, level=level, ctx=ctx)
     net.to(device)
     if channels_last:
-        _to_channels_last(net)
+        to_channels_last(net)
     if weights:
         net.load_weights(weights)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
