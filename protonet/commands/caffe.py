@@ -1,5 +1,6 @@
 """`protonet train | test | time | device-query`: the `caffe` tool's commands with its flags."""
 import os
+import sys
 
 import click
 import torch
@@ -51,8 +52,11 @@ def torchrun_environment():
 @caffe_option("allow_python_layers", is_flag=True, default=False,
               help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @caffe_option("log", "log_file", default=None, help="Also append the log to this file.")
+@caffe_option("tensorboard", default=None, metavar="DIR",
+              help="Also write the losses, lr, test outputs (mAP) and images/s as TensorBoard scalars to DIR.")
 def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, level, stage,
-                  amp, channels_last, workers, data_shuffle, reencode_jpeg, allow_python_layers, log_file):
+                  amp, channels_last, workers, data_shuffle, reencode_jpeg, allow_python_layers, log_file,
+                  tensorboard):
     """Train or finetune a model (caffe train)."""
     if snapshot and weights:
         raise ProtonetError("give --snapshot to resume training or --weights to finetune, not both")
@@ -62,7 +66,8 @@ def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sig
     gpus = parse_gpus(gpu)
     options = RunOptions(device=f"cuda:{gpus[0]}" if gpus else "cpu", stages=stage_list(stage), level=level,
                          amp=amp, channels_last=channels_last, data_workers=workers, data_shuffle=data_shuffle,
-                         reencode_jpeg=reencode_jpeg, allow_python_layers=allow_python_layers)
+                         reencode_jpeg=reencode_jpeg, allow_python_layers=allow_python_layers,
+                         progress_bars=sys.stderr.isatty(), tensorboard_dir=tensorboard)
     job = TrainJob(solver=solver, options=options, weights=weights or None, snapshot=snapshot or None,
                    sigint_effect=sigint_effect, sighup_effect=sighup_effect, max_iter=iterations,
                    log_to_stderr=True, log_path=log_file)
@@ -133,7 +138,7 @@ def test_command(model, weights, iterations, gpu, level, stage, ap_version, show
         ctx = NetContext(phase=caffe_pb2.TEST, data_shuffle=data_shuffle, reencode_jpeg=reencode_jpeg,
                          allow_python_layers=allow_python_layers)
         score_model(model, weights, iterations, _device(gpu), level, stage_list(stage), ap_version,
-                    show_per_class_result, ctx)
+                    show_per_class_result, ctx, progress_bar=sys.stderr.isatty())
 
 
 # ---------------------------------------------------------------------- time

@@ -50,14 +50,17 @@ def run_job(job, on_solver=None):
             param.max_iter = int(job.max_iter)
         with SignalHandler(job.sigint_effect, job.sighup_effect) as signals:
             solver = Solver(param, job.options, action=signals.check)
-            solver.solver_path = os.fspath(job.solver)
-            if job.snapshot and job.weights:
-                raise ProtonetError("give --snapshot to resume or --weights to finetune, not both")
-            if job.weights:
-                solver.copy_weights(job.weights)
-            if on_solver is not None:
-                on_solver(solver)
-            solver.solve(job.snapshot or None)  # a snapshot is restored inside, as Caffe's Solve(file)
+            try:
+                solver.solver_path = os.fspath(job.solver)
+                if job.snapshot and job.weights:
+                    raise ProtonetError("give --snapshot to resume or --weights to finetune, not both")
+                if job.weights:
+                    solver.copy_weights(job.weights)
+                if on_solver is not None:
+                    on_solver(solver)
+                solver.solve(job.snapshot or None)  # a snapshot is restored inside, as Caffe's Solve(file)
+            finally:
+                solver.close()
         return solver
     finally:
         remove_handlers(handlers)
