@@ -5,7 +5,8 @@ import click
 
 from protonet.commands.options import CaffeCommand
 from protonet.errors import ProtonetError
-from protonet.tools.log import parse_log, plot_png, plot_series, write_tables
+from protonet.tools.log import parse_log, write_tables
+from protonet.tools.plot import plot_png, plot_series
 
 
 @click.command("parse-log", cls=CaffeCommand)
