@@ -14,6 +14,8 @@ import signal
 import socket
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from protonet.errors import ProtonetError
 from protonet.solver.logger import install_handler, remove_handlers
@@ -73,8 +75,6 @@ def free_port():
 
 
 def _worker(rank, job, devices, backend, port, result_dir):
-    import torch.distributed as dist
-
     world_size = len(devices)
     device = devices[rank]
     if device.startswith("cuda"):
@@ -94,8 +94,6 @@ def _worker(rank, job, devices, backend, port, result_dir):
 
 def spawn_training(job, devices, backend=None, result_dir=None):
     """Train with one process per device (['cuda:0', 'cuda:1'] or ['cpu', 'cpu'])."""
-    import torch.multiprocessing as mp
-
     if backend is None:
         backend = "nccl" if devices[0].startswith("cuda") else "gloo"
     port = free_port()
@@ -116,8 +114,6 @@ def spawn_training(job, devices, backend=None, result_dir=None):
 
 def run_under_torchrun(job, rank, world_size, local_rank):
     """Train as one of torchrun's processes (rank, world size and local rank as torchrun set them)."""
-    import torch.distributed as dist
-
     if torch.cuda.is_available():
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)

@@ -23,6 +23,7 @@ from protonet import caffe_pb2
 from protonet.errors import ProtonetError
 from protonet.io.prototxt import read_prototxt, read_solver_prototxt
 from protonet.layers.base import NetContext
+from protonet.net.net import Net
 from protonet.solver import parallel, testing
 from protonet.solver.debug import DebugInfo
 from protonet.solver.logger import format_float, get_logger
@@ -145,8 +146,6 @@ class Solver:
     def _make_net(self, net_param, phase):
         factory = self._net_factory
         if factory is None:
-            from protonet.net.net import Net
-
             factory = Net
         net = factory(net_param, phase=phase, ctx=self._context(phase))
         net.to(self.device)
