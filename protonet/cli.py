@@ -15,14 +15,22 @@ from protonet.errors import ProtonetError
 COMMANDS = {
     "create-annoset": ("protonet.commands.data:create_annoset_command",
                        "Images + labels -> LMDB of AnnotatedDatum (convert_annoset)."),
+    "compute-image-mean": ("protonet.commands.data:compute_image_mean_command",
+                           "Mean image of a database (compute_image_mean)."),
+    "convert-imageset": ("protonet.commands.data:convert_imageset_command",
+                         "Images + labels -> LMDB of Datum (convert_imageset)."),
     "create-list": ("protonet.commands.data:create_list_command",
                     "List files for create-annoset; name/size files."),
     "detect": ("protonet.commands.detect:detect_command",
                "Run a detection net on images; drawn boxes, JSON lines."),
     "device-query": ("protonet.commands.caffe:device_query_command",
                      "Show the CUDA devices (caffe device_query)."),
+    "draw-net": ("protonet.commands.nets:draw_net_command",
+                 "Draw a net's layer graph (draw_net.py)."),
     "eval": ("protonet.commands.evaluate:eval_command",
              "VOC AP per class and mAP, or COCO's summary, of a test net."),
+    "extract-features": ("protonet.commands.nets:extract_features_command",
+                         "Save blobs of a net per image (extract_features)."),
     "gen": ("protonet.commands.gen:gen_command",
             "Run a NetSpec script: prototxts and the job script."),
     "inspect": ("protonet.commands.files:inspect_command",
@@ -53,6 +61,7 @@ class LazyGroup(click.Group):
         return sorted(COMMANDS)
 
     def get_command(self, ctx, name):
+        name = name.replace("_", "-")  # Caffe's spelling: `caffe device_query`
         if name not in COMMANDS:
             return None
         module_name, attr = COMMANDS[name][0].split(":")

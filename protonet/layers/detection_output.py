@@ -8,18 +8,11 @@ import torch
 from protonet import box
 from protonet.errors import ProtonetError
 from protonet.eval import writers
-from protonet.io.labelmap import map_label_to_name, read_labelmap
+from protonet.io.labelmap import label_names
 from protonet.io.name_size import read_name_size
 from protonet.layers.base import Layer, register
 
 FLT_MAX = float(np.finfo(np.float32).max)
-
-
-def read_label_names(path, where):
-    """label -> name of a LabelMap file (a label given twice is an error)."""
-    if not os.path.exists(path):
-        raise ProtonetError(f"{where}: label map file {path} not found")
-    return map_label_to_name(read_labelmap(path), strict=True, source=path)
 
 
 def read_names_and_sizes(path, where):
@@ -75,7 +68,7 @@ class DetectionOutputLayer(Layer):
         self.names, self.sizes = [], []
         self.num_test_image = 0
         if sp.HasField("label_map_file") and sp.label_map_file:
-            self.label_to_name = read_label_names(sp.label_map_file, self.where)
+            self.label_to_name = label_names(sp.label_map_file, strict=True, where=self.where)
         else:
             self.need_save = False
         if sp.HasField("name_size_file") and sp.name_size_file:
