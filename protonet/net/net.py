@@ -230,6 +230,11 @@ class Net(nn.Module):
         return [(self.layers[ln].blobs[i], lr, decay) for ln, i, lr, decay in self._owners]
 
     @property
+    def owned_blobs(self):
+        """(layer name, blob index) of every blob the net owns (a shared blob at its owner), Caffe's order."""
+        return [(ln, i) for ln, i, _, _ in self._owners]
+
+    @property
     def learnable_param_names(self):
         """'layer/index' for each entry of learnable_params."""
         return [f"{ln}/{i}" for ln, i, _, _ in self._owners]

@@ -81,7 +81,7 @@ def _logging(log_file=None):
 def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, level, stage,
                   amp, channels_last, workers, allow_python_layers, log_file):
     """Train or finetune a model (caffe train)."""
-    from protonet.solver.parallel import TrainJob, run_job, run_under_torchrun, spawn_training, torchrun_environment
+    from protonet.solver.launch import TrainJob, run_job, run_under_torchrun, spawn_training, torchrun_environment
     from protonet.solver.solver import RunOptions, read_solver
 
     if snapshot and weights:
@@ -239,14 +239,14 @@ def run_time(model, iterations, gpu="", phase="TRAIN", level=0, stages=(), weigh
              channels_last=False, allow_python_layers=False):
     from protonet.layers.base import NetContext
     from protonet.net.net import Net
-    from protonet.solver.solver import _to_channels_last
+    from protonet.solver.solver import to_channels_last
 
     device = _device(gpu)
     net = Net(model, phase=phase, stages=stages, level=level, ctx=NetContext(phase=0 if phase == "TRAIN" else 1,
                                                                       allow_python_layers=allow_python_layers))
     net.to(device)
     if channels_last:
-        _to_channels_last(net)
+        to_channels_last(net)
     if weights:
         net.load_weights(weights)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
