@@ -5,7 +5,7 @@ import textwrap
 
 from protonet.compat import caffe_modules
 from protonet.spec import jobs
-from protonet.spec.gen import run_script
+from protonet.compat.run import run_script
 from protonet.spec.session import GenSession
 
 MIXED_SCRIPT = """

@@ -5,7 +5,7 @@ Every process builds the same solver with the per-device batch of the prototxt a
 shard of the data (NetContext rank/world_size); gradients are summed over processes and scaled
 by 1/world_size before Caffe's update (parallel.py), so N processes act as one with N times
 the batch. Rank 0 logs, tests and snapshots. Backends: NCCL on GPUs, gloo on CPU. Under torchrun the process group
-comes from the environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+comes from torchrun's environment; the command layer reads the rank and world size from it.
 """
 import dataclasses
 import datetime
@@ -73,12 +73,11 @@ def _worker(rank, job, devices, backend, port, result_dir):
     import torch.distributed as dist
 
     world_size = len(devices)
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(port)
     device = devices[rank]
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=TIMEOUT)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+                            timeout=TIMEOUT)
     try:
         options = dataclasses.replace(job.options, rank=rank, world_size=world_size, device=device)
         solver = run_job(dataclasses.replace(job, options=options))
@@ -112,17 +111,10 @@ def spawn_training(job, devices, backend=None, result_dir=None):
         signal.signal(signal.SIGINT, previous)
 
 
-def torchrun_environment():
-    """(rank, world_size, local_rank) when started by torchrun with more than one process, else None."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    return None
-
-
-def run_under_torchrun(job):
+def run_under_torchrun(job, rank, world_size, local_rank):
+    """Train as one of torchrun's processes (rank, world size and local rank as torchrun set them)."""
     import torch.distributed as dist
 
-    rank, world_size, local_rank = torchrun_environment()
     if torch.cuda.is_available():
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)

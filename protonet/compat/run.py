@@ -1,4 +1,4 @@
-"""`protonet gen SCRIPT`: run a NetSpec script the way Caffe users ran theirs, from Caffe's root.
+"""Run a NetSpec script the way Caffe users ran theirs, from Caffe's root (`protonet gen SCRIPT`).
 
 The script runs with the current directory set to `--root` (Caffe's root; default: here),
 so its relative paths (`models/...`, `jobs/...`, `data/...`, `examples/...`) land where they
@@ -25,8 +25,7 @@ import subprocess
 import sys
 import traceback
 
-import click
-
+from protonet.compat import caffe_modules
 from protonet.errors import ProtonetError
 from protonet.spec import jobs
 from protonet.spec.session import GenSession
@@ -155,9 +154,6 @@ def _compile(script, flavor):
 
 def _execute(code, session):
     """Run the compiled script as __main__ from session.root, noting into `session`."""
-    # compat imports protonet.spec (model_libs, net_spec): importing it at the top would be a cycle.
-    from protonet.compat import caffe_modules
-
     script = session.script
     held = _HeldLaunches(session)
     namespace = {"__name__": "__main__", "__file__": script, "__builtins__": builtins,
@@ -189,7 +185,7 @@ def run_script(script, root=None, flavor=None, echo=None):
     Returns its GenSession: flavor, root, written (absolute paths the script wrote), launches
     (commands held back), job_scripts (written through protonet.spec.jobs), missing (input paths
     that do not exist)."""
-    echo = echo or (lambda line: click.echo(line, err=True))
+    echo = echo or (lambda line: print(line, file=sys.stderr))
     script = os.path.abspath(script)
     root = os.path.abspath(root or os.getcwd())
     if not os.path.isfile(script):
@@ -201,53 +197,3 @@ def run_script(script, root=None, flavor=None, echo=None):
     _execute(code, session)
     _rewrite_caffe_jobs(session.written, echo)
     return session
-
-
-def _start_jobs(session, echo):
-    commands = session.pending_jobs()
-    if not commands:
-        raise ProtonetError("--run: the script wrote no job script to start")
-    if session.missing:
-        raise ProtonetError("--run: not starting the job, missing: " + ", ".join(session.missing))
-    env = dict(os.environ)
-    # The job script calls `protonet`: make it this installation's.
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    for command in commands:
-        echo(f"protonet gen: starting {command}")
-        status = subprocess.call(command, shell=True, cwd=session.root, env=env)
-        if status != 0:
-            raise ProtonetError(f"job {command} exited with status {status}")
-
-
-@click.command("gen")
-@click.argument("script", type=click.Path(dir_okay=False))
-@click.option("--root", type=click.Path(file_okay=False), default=None,
-              help="Caffe's root: the script runs from here and its relative paths start here "
-                   "(default: the current directory).")
-@click.option("--run", is_flag=True, help="Start the job script once the files are written.")
-@click.option("--flavor", type=click.Choice(["ssd", "refinedet"]), default=None,
-              help="model_libs of the SSD fork or of RefineDet (default: refinedet when the script "
-                   "calls CreateRefineDetHead, ssd otherwise).")
-def gen_command(script, root, run, flavor):
-    """Run a NetSpec SCRIPT (a protonet example or an unchanged Caffe script) from Caffe's root:
-    it writes train/test/deploy/solver prototxts and the job script. Missing data or weights are
-    warnings; --run starts the job."""
-
-    def echo(line):
-        click.echo(line, err=True)
-
-    # The script's own prints go where they went under Caffe; ours go to stderr.
-    result = run_script(script, root=root, flavor=flavor, echo=echo)
-    root = result.root
-    for path in result.missing:
-        echo(f"protonet gen: warning: {path} does not exist (under {root}); "
-             f"the job needs it before it can run")
-    for path in result.written:
-        echo(f"protonet gen: wrote {os.path.relpath(path, root)}")
-    if run:
-        _start_jobs(result, echo)
-    else:
-        pending = result.launches or [os.path.relpath(p, root) for p in result.job_scripts]
-        for command in pending:
-            echo(f"protonet gen: job not started: {command} (use --run, or run it from {root})")
-
