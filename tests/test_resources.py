@@ -48,3 +48,57 @@ def test_copy_to_writes_a_caffe_root_like_tree_and_keeps_existing_files(tmp_path
     assert tmp_path / "examples" / "ssd" / "ssd_pascal.py" not in written
     assert (tmp_path / "scripts" / "VOC0712" / "create_data.sh") in written
     assert len(written) == len(resources.examples()) + len(resources.data_scripts()) - 1
+
+
+def _protonet(capsys, *args):
+    from protonet.cli import main
+
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as exc:
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status or 0, out, err
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.suffix != ".sh"}  # job scripts hold their root's absolute path
+
+
+def test_gen_takes_a_bundled_example_by_name_with_the_same_result_as_its_path(tmp_path, capsys, monkeypatch):
+    by_name, by_path = tmp_path / "by_name", tmp_path / "by_path"
+    by_name.mkdir(), by_path.mkdir()
+    monkeypatch.chdir(by_name)
+    status, _, err = _protonet(capsys, "gen", "ssd_pascal")
+    assert status == 0, err
+    assert "wrote models/VGGNet/VOC0712/SSD_300x300/train.prototxt" in err
+    status, _, err = _protonet(capsys, "gen", REPO / "examples/ssd/ssd_pascal.py", "--root", by_path)
+    assert status == 0, err
+    # 4 prototxts in models/ and their copies in jobs/, with the script's own copy
+    assert _tree(by_name) == _tree(by_path) and len(_tree(by_name)) == 9
+    assert "jobs/VGGNet/VOC0712/SSD_300x300/ssd_pascal.py" in _tree(by_name)
+    status, _, err = _protonet(capsys, "gen", "no_such_example")
+    assert status == 2 and "no_such_example: no such script" in err and "ssd_pascal" in err
+
+
+def test_examples_lists_and_copies_what_is_bundled(tmp_path, capsys):
+    status, out, _ = _protonet(capsys, "examples")
+    assert status == 0
+    assert all(name.split("/")[1] in out for name in resources.examples())
+    assert "VOC0712/labelmap_voc.prototxt" in out
+    status, _, err = _protonet(capsys, "examples", "--copy", tmp_path / "root")
+    assert status == 0 and (tmp_path / "root/scripts/coco/create_data.sh").is_file()
+    assert (tmp_path / "root/examples/refinedet/VGG16_VOC2007_320.py").is_file()
+
+
+def test_version_from_protonet_and_from_python_dash_m(capsys):
+    import subprocess
+    import sys
+
+    import protonet
+
+    status, out, _ = _protonet(capsys, "--version")
+    assert status == 0 and out == f"protonet, version {protonet.__version__}\n"
+    run = subprocess.run([sys.executable, "-m", "protonet", "--version"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout == out
