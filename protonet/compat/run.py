@@ -1,4 +1,4 @@
-"""Run a NetSpec script the way Caffe users ran theirs, from Caffe's root (`protonet gen SCRIPT`).
+"""Run a NetSpec script the way Caffe users ran theirs, from Caffe's root.
 
 The script runs with the current directory set to `--root` (Caffe's root; default: here),
 so its relative paths (`models/...`, `jobs/...`, `data/...`, `examples/...`) land where they
