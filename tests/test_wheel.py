@@ -34,8 +34,9 @@ def _dependencies_dir(base):
     --system-site-packages gives a venv, without this tree's editable protonet)."""
     deps = base / "deps"
     deps.mkdir()
-    sites = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
-    for site in map(pathlib.Path, sites):
+    sites = [sysconfig.get_paths()[key] for key in ("purelib", "platlib")]
+    sites += [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)]
+    for site in map(pathlib.Path, dict.fromkeys(sites)):  # the first of a name wins, as on sys.path
         for entry in site.iterdir():
             name = entry.name.lower()
             if name.startswith(("protonet", "__editable__", "_protonet")) or entry.suffix == ".pth":
