@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from protonet import __version__
 from protonet.errors import ProtonetError
 
 # command name -> ("module:attribute" of its click.Command, the line `protonet --help` shows)
@@ -29,10 +30,12 @@ COMMANDS = {
                  "Draw a net's layer graph (draw_net.py)."),
     "eval": ("protonet.commands.evaluate:eval_command",
              "VOC AP per class and mAP, or COCO's summary, of a test net."),
+    "examples": ("protonet.commands.examples:examples_command",
+                 "The bundled NetSpec examples and data scripts; --copy."),
     "extract-features": ("protonet.commands.nets:extract_features_command",
                          "Save blobs of a net per image (extract_features)."),
     "gen": ("protonet.commands.gen:gen_command",
-            "Run a NetSpec script: prototxts and the job script."),
+            "Run a NetSpec script or bundled example: prototxts, job."),
     "inspect": ("protonet.commands.files:inspect_command",
                 "Print what a Caffe file holds (net, caffemodel, ...)."),
     "make-shapes": ("protonet.commands.data:make_shapes_command",
@@ -73,6 +76,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="protonet")
 def cli():
     """protonet: Caffe's SSD/RefineDet nets, files and tools, on PyTorch."""
 
