@@ -12,7 +12,7 @@ import numpy as np
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
-from protonet.io.blobs import blob_field_pieces, blob_to_array, serialize_around, varint
+from protonet.io.blobs import blob_field_pieces, blob_to_array, raw_values, serialize_around, varint
 from protonet.io.prototxt import read_bytes, atomic_open, iter_wire, read_binary_proto, read_varint
 from protonet.io.upgrade import upgrade_net
 
@@ -35,9 +35,11 @@ def caffemodel_arrays(net_param):
 
 
 def _wire_blob(buf, start, size):
-    """A BlobProto's array straight from its bytes (legacy 4-D fields win over `shape`, as in Caffe)."""
+    """A BlobProto's array straight from its bytes (legacy 4-D fields win over `shape`, as in Caffe;
+    NVCaffe's raw_data over data and double_data, as in NVCaffe)."""
     legacy, dims = {}, []
     chunks = {"f": [], "d": []}
+    raw, raw_type = None, caffe_pb2.DOUBLE  # raw_data_type's proto2 default (the enum's first value)
     for number, wire, value in iter_wire(buf, start, start + size):
         if number in (1, 2, 3, 4) and wire == 0:
             legacy[number] = value - (1 << 64) if value >= 1 << 63 else value
@@ -56,12 +58,15 @@ def _wire_blob(buf, start, size):
             chunks["f"].append(value)
         elif number == 8:  # double data
             chunks["d"].append(value)
-    kind, dtype = ("d", "<f8") if chunks["d"] else ("f", "<f4")
-    itemsize = np.dtype(dtype).itemsize
-    if any(n % itemsize for _, n in chunks[kind]):
-        raise ValueError("packed blob data of a length that is not a whole number of values")
-    parts = [np.frombuffer(buf, dtype=dtype, count=n // itemsize, offset=off) for off, n in chunks[kind]]
-    data = (np.concatenate(parts) if len(parts) != 1 else parts[0].copy()) if parts else np.zeros(0, dtype)
+        elif number == 10 and wire == 0:  # NVCaffe raw_data_type
+            raw_type = value
+        elif number == 12 and wire == 2:  # NVCaffe raw_data
+            raw = value
+    if raw is not None:
+        data = raw_values(memoryview(buf)[raw[0]:raw[0] + raw[1]], raw_type)
+        kind = "d" if data.dtype == np.float64 else "f"
+    else:
+        kind, data = _packed_values(buf, chunks)
     if legacy:
         shape = tuple(legacy.get(i, 0) for i in (1, 2, 3, 4))
     elif dims:
@@ -71,6 +76,17 @@ def _wire_blob(buf, start, size):
     if data.size != int(np.prod(shape)):
         raise ValueError(f"blob holds {data.size} values but its shape {list(shape)} needs {int(np.prod(shape))}")
     return data.astype(np.float64 if kind == "d" else np.float32, copy=False).reshape(shape)
+
+
+def _packed_values(buf, chunks):
+    """(kind, array) of the packed float ("f") or double ("d") chunks of a blob."""
+    kind, dtype = ("d", "<f8") if chunks["d"] else ("f", "<f4")
+    itemsize = np.dtype(dtype).itemsize
+    if any(n % itemsize for _, n in chunks[kind]):
+        raise ValueError("packed blob data of a length that is not a whole number of values")
+    parts = [np.frombuffer(buf, dtype=dtype, count=n // itemsize, offset=off) for off, n in chunks[kind]]
+    data = (np.concatenate(parts) if len(parts) != 1 else parts[0].copy()) if parts else np.zeros(0, dtype)
+    return kind, data
 
 
 def _wire_layer(buf, start, size, name_field, blobs_field):
