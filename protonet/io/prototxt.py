@@ -160,6 +160,13 @@ def parse_binary_proto(data, message_cls, filename="<bytes>"):
     if fields is None or not wire_fits(fields, message_cls, allow_unknown=True):
         hint = " (it looks like a text prototxt)" if looks_like_text(data) is not None else ""
         raise ProtonetError(f"{filename}: not a binary {message_cls.DESCRIPTOR.name} file{hint}")
+    if message_cls.DESCRIPTOR.full_name == "caffe.NetParameter":
+        from protonet.io.dialects import translate_net_bytes  # dialects imports this module
+
+        try:
+            data = translate_net_bytes(data)
+        except ValueError as exc:
+            raise ProtonetError(f"{filename}: not a valid binary NetParameter ({exc})") from None
     msg = message_cls()
     try:
         msg.ParseFromString(data)
