@@ -135,24 +135,30 @@ def read_caffemodel_arrays(path):
 def write_caffemodel(net_param, path, blobs=None):
     """Write `net_param` as a binary .caffemodel at `path`, atomically.
 
-    `blobs` (optional): layer name -> list of arrays or tensors. They replace the named layers' blobs
-    in the file and are streamed from memory without being copied into protobuf messages; this is the
-    fast path for saving a net (pass a NetParameter without blobs). Without `blobs` the message is
-    written as it is.
+    `blobs` (optional): layer name -> list of arrays or tensors, or a list with one entry (a list of
+    arrays, or None) per layer of `net_param` (layers may share a name, as Caffe allows). They
+    replace the layers' blobs in the file and are streamed from memory without being copied into
+    protobuf messages; this is the fast path for saving a net (pass a NetParameter without blobs).
+    Without `blobs` the message is written as it is.
     """
     if blobs is None:
         with atomic_open(path) as fh:
             fh.write(net_param.SerializeToString())
         return
-    names = {layer.name for layer in net_param.layer}
-    missing = [name for name in blobs if name not in names]
-    if missing:
-        raise ValueError(f"blobs given for layers not in the net: {', '.join(missing)}")
+    if isinstance(blobs, dict):
+        names = {layer.name for layer in net_param.layer}
+        missing = [name for name in blobs if name not in names]
+        if missing:
+            raise ValueError(f"blobs given for layers not in the net: {', '.join(missing)}")
+        per_layer = [blobs.get(layer.name) for layer in net_param.layer]
+    else:
+        per_layer = list(blobs)
+        if len(per_layer) != len(net_param.layer):
+            raise ValueError(f"blobs for {len(per_layer)} layers given, the net has {len(net_param.layer)}")
     with atomic_open(path) as fh:
         head, _ = serialize_around(net_param, _NET_LAYER)
         fh.write(head)
-        for layer in net_param.layer:
-            arrays = blobs.get(layer.name)
+        for layer, arrays in zip(net_param.layer, per_layer):
             if arrays is None:
                 body = layer.SerializeToString()
                 fh.write(_TAG_NET_LAYER + varint(len(body)) + body)

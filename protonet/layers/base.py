@@ -48,6 +48,10 @@ class NetContext:
     world_size: int = 1
     data_workers: int | None = None  # worker processes for data layers (None: the layer decides)
     root_dir: str | None = None      # relative paths (sources, label maps) resolve against it
+    # DetectionOutput's save_output_param: when its label map or name/size file is missing (or its
+    # output directory cannot be made), fail (protonet test) instead of warning once and running
+    # without writing result files (the default, for zoo deploys naming their author's files)
+    result_files_required: bool = False
     extras: dict = field(default_factory=dict)
 
 

@@ -88,6 +88,7 @@ class Net(nn.Module):
         self.loss_weights = OrderedDict()
         self._steps = []
         self._owners = []          # (layer name, blob index, lr_mult, decay_mult) per owned blob, Caffe order
+        self._indices = {}         # layer name -> index of the first layer of that name
         self._modules_list = nn.ModuleList()
         self._build()
         if weights is not None:
@@ -108,10 +109,8 @@ class Net(nn.Module):
         shapes = self.blob_shapes
         available = OrderedDict()      # blobs not yet consumed: the net's outputs at the end
         shared = {}                     # param name -> (layer name, blob index, ParamSpec of owner)
-        for lparam in self.net_param.layer:
-            name = lparam.name
-            if name in self.layers:
-                raise ProtonetError(f"layer {name}: a second layer has the same name")
+        for index, lparam in enumerate(self.net_param.layer):
+            name = self._layer_key(lparam.name, index)
             if not lparam.HasField("phase"):
                 lparam.phase = self.phase
             bottoms = list(lparam.bottom)
@@ -158,7 +157,7 @@ class Net(nn.Module):
                     self.loss_weights[t] = float(w)
                     log.info("    with loss weight %g", w)
 
-            self._attach_params(layer, lparam, shared)
+            self._attach_params(layer, lparam, shared, name)
             is_input = lparam.type == "Input"
             if is_input:
                 self.input_names.extend(tops)
@@ -167,9 +166,24 @@ class Net(nn.Module):
             self._steps.append(_Step(name, layer, bottoms, tops, detach, is_input))
         self.output_names = sorted(available)
 
-    def _attach_params(self, layer, lparam, shared):
+    def _layer_key(self, name, index):
+        """The key of layer `index` in .layers: its name, or for a second layer of the same name
+        (Caffe accepts them: Net::Init does not check names) NAME#k. Weights named NAME load into
+        the first one, as Caffe's CopyTrainedLayersFrom finds the first layer of a name."""
+        if name not in self.layers:
+            self._indices[name] = index
+            return name
+        k = 1
+        while f"{name}#{k}" in self.layers:
+            k += 1
+        key = f"{name}#{k}"
+        log.warning("layer %d and layer %d are both named '%s' (Caffe accepts this); the second is '%s' here "
+                    "and weights named '%s' load into the first, as in Caffe", self._indices[name], index, name,
+                    key, name)
+        return key
+
+    def _attach_params(self, layer, lparam, shared, name):
         blobs = layer.blobs
-        name = lparam.name
         if len(lparam.param) > len(blobs):
             raise ProtonetError(f"layer {name}: {len(lparam.param)} param specs given but the layer has "
                                 f"{len(blobs)} blobs")
@@ -358,8 +372,9 @@ class Net(nn.Module):
         """Write a .caffemodel (atomically) that Caffe and OpenCV read."""
         from protonet.io.caffemodel import write_caffemodel
 
-        blobs = OrderedDict((n, [t.detach().to("cpu", torch.float32) for t in l.blobs])
-                            for n, l in self.layers.items() if len(l.blobs))
+        # One entry per layer in order: layers may share a name (Caffe writes each with its blobs).
+        blobs = [[t.detach().to("cpu", torch.float32) for t in l.blobs] if len(l.blobs) else None
+                 for l in self.layers.values()]
         write_caffemodel(self.to_proto(with_blobs=False), path, blobs=blobs)
 
     def share_weights_from(self, other):

@@ -164,7 +164,8 @@ def run_test(model, weights, iterations, gpu="", level=0, stages=(), ap_version=
     from protonet.net.net import Net
 
     device = _device(gpu)
-    ctx = NetContext(phase=1, allow_python_layers=allow_python_layers)
+    # Result files the test net's DetectionOutput asks for are part of what `test` produces.
+    ctx = NetContext(phase=1, allow_python_layers=allow_python_layers, result_files_required=True)
     net = Net(model, phase="TEST", stages=stages, level=level, ctx=ctx)
     net.to(device)
     net.load_weights(weights)
