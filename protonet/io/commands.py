@@ -221,7 +221,20 @@ def inspect_command(file, shapes, phase):
             raise ProtonetError(f"{file}: --shapes needs a net prototxt, this is a {kind} file")
         click.echo("\n".join(_describe_shapes(msg, file, phase)))
         return
-    click.echo("\n".join(_describe(kind, msg, file)))
+    lines = _describe(kind, msg, file)
+    if kind in ("net", "caffemodel"):
+        lines += _dialect_lines(msg)
+    click.echo("\n".join(lines))
+
+
+def _dialect_lines(net_param):
+    """Which dialects the net uses and which of its layers protonet cannot run."""
+    from protonet.io.dialects import dialect_report
+    from protonet.layers.base import LAYERS, layer_class
+
+    layer_class("Input")  # registers every family
+    type_dialects = {t: getattr(cls, "dialect", "") for t, cls in LAYERS.items()}
+    return dialect_report(net_param, type_dialects, set(LAYERS))
 
 
 @click.command("upgrade")

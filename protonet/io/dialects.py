@@ -14,6 +14,9 @@ from protonet.io.prototxt import read_varint
 
 DIALECTS = ("NVCaffe", "Intel Caffe", "OpenCV", "TF converters", "layer ports")
 BASE = "SSD/RefineDet"
+# For refusals: what protonet reads and runs.
+KNOWN = ("BVLC, SSD and RefineDet Caffe, NVCaffe, Intel Caffe, OpenCV's importer, TF converters (Synopsys "
+         "Caffe) and the layer ports (MobileNet, ShuffleNet, SENet, YOLO/SSD forks, PSPNet)")
 
 _LAYER = "caffe.LayerParameter"
 _OPENCV = "opencv"
@@ -41,7 +44,7 @@ def dialect_uses(message, path=""):
         if dialect:
             out.append((dialect, where))
         values = value if fd.is_repeated else [value]
-        if fd.enum_type is not None:
+        if fd.enum_type is not None and not dialect:
             for v in values:
                 ev = fd.enum_type.values_by_number.get(v)
                 if ev is not None and value_dialect(ev):
@@ -179,3 +182,58 @@ def translate_net_bytes(data):
     view = memoryview(data)
     out = _rewrite(view, 0, len(view), caffe_pb2.NetParameter.DESCRIPTOR, None)
     return data if out is None else out
+
+
+# ------------------------------------------------------------------------------------ ignored
+
+# Fields of other dialects that change nothing in protonet's float32 run, and why.
+_NO_EFFECT = {
+    "forward_type": "NVCaffe's storage/math types have no effect on protonet's float32 run",
+    "backward_type": None, "forward_math": None, "backward_math": None, "debug": None, "cudnn_math_override": None,
+    "engine": "Intel Caffe's engines are ignored: protonet has one implementation of each layer",
+    "quantization_param": "Intel Caffe's int8 quantization_param is ignored: protonet runs the float weights",
+}
+
+
+def ignored_fields(net_param):
+    """{reason: [layer names]} for the other dialects' layer fields that protonet reads and ignores
+    (NVCaffe's types, Intel's engines and int8 calibration); one entry per reason."""
+    out = collections.OrderedDict()
+    for layer in net_param.layer:
+        for dialect, where in dialect_uses(layer):
+            field = where.split(".")[-1].split(":")[0]
+            if field not in _NO_EFFECT:
+                continue
+            reason = _NO_EFFECT[field] or _NO_EFFECT["forward_type"]
+            names = out.setdefault(reason, [])
+            if not names or names[-1] != layer.name:
+                names.append(layer.name)
+    return out
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def dialect_report(net_param, type_dialects, runnable_types):
+    """Lines for `protonet inspect`: the dialects a net uses (fields, enum values, layer types, with
+    a few examples each) and the layers whose type protonet does not run.
+
+    type_dialects: layer type -> dialect of the types protonet runs from other forks;
+    runnable_types: every type protonet runs."""
+    from protonet.io.foreign import foreign_type  # a data table, only for reports and refusals
+
+    uses = net_dialects(net_param)
+    for layer in net_param.layer:
+        dialect = type_dialects.get(layer.type)
+        if dialect:
+            uses.setdefault(dialect, []).append(f"layer {layer.name}: type {layer.type}")
+    lines = []
+    for dialect, where in uses.items():
+        shown = "; ".join(where[:3]) + (f"; ... ({len(where)} in all)" if len(where) > 3 else "")
+        lines.append(f"  dialect {dialect}: {shown}")
+    for layer in net_param.layer:
+        if layer.type not in runnable_types:
+            fork = foreign_type(layer.type)
+            why = f"a type of {fork}" if fork else "a type no known Caffe dialect defines"
+            lines.append(f"  cannot run layer {layer.name}: type {layer.type} ({why})")
+    return lines

@@ -32,13 +32,25 @@ def _clean_parse_message(msg, line, col, text):
     return " ".join(msg.encode("utf-8", "backslashreplace").decode("utf-8").split())
 
 
+_NO_FIELD = re.compile(r'Message type "caffe\.(\w+)" has no field named "(\w+)"')
+
+
+def _with_fork(msg):
+    """An unknown field's message, saying which fork has that field when one does."""
+    from protonet.io.foreign import foreign_field  # a data table, loaded only for this error
+
+    m = _NO_FIELD.search(msg)
+    fork = m and foreign_field(m.group(1), m.group(2))
+    return f"{msg.rstrip('.')} (a field of {fork}, which protonet does not run)" if fork else msg
+
+
 def parse_prototxt(text, message, filename="<string>"):
     """Merge prototxt `text` into `message`; a parse error names FILE:LINE:COL."""
     try:
         text_format.Merge(text, message)
     except text_format.ParseError as exc:
         line, col = exc.GetLine(), exc.GetColumn()
-        msg = _clean_parse_message(str(exc), line, col, text)
+        msg = _with_fork(_clean_parse_message(str(exc), line, col, text))
         if line is None:
             raise PrototxtError(f"{filename}: {msg}") from None
         raise PrototxtError(f"{filename}:{line}:{col}: {msg}") from None

@@ -178,12 +178,13 @@ class ConvolutionDepthwiseLayer(ConvolutionLayer):
         return channels, channels
 
 
-def pooled_size(size, kernel, stride, pad, any_pad, pad_end=None):
-    """Caffe's pooling output size: rounds up, then drops a last window that would start in the
-    right padding (only when the layer has padding at all). `pad_end`: the padding after, when it
-    differs from `pad` (TF converters)."""
+def pooled_size(size, kernel, stride, pad, any_pad, pad_end=None, ceil=True):
+    """Caffe's pooling output size: rounds up (down with ceil=False: round_mode FLOOR), then drops
+    a last window that would start in the right padding (only when the layer has padding at all).
+    `pad_end`: the padding after, when it differs from `pad` (TF converters)."""
     pad_end = pad if pad_end is None else pad_end
-    out = int(math.ceil((size + pad + pad_end - kernel) / stride)) + 1
+    rounding = math.ceil if ceil else math.floor
+    out = int(rounding((size + pad + pad_end - kernel) / stride)) + 1
     if any_pad and (out - 1) * stride >= size + pad:
         out -= 1
     return out
@@ -282,6 +283,7 @@ class PoolingLayer(Layer):
             raise ShapeError(f"layer {self.name} (Pooling): kernel {list(kernel)} larger than the padded bottom "
                              f"{list(shape)}")
         self.kernel, self.stride, self.pad = kernel, stride, pad
+        self.ceil = p.round_mode == P.CEIL if p.HasField("round_mode") else p.ceil_mode
         self.global_pooling = p.global_pooling
         self.top_shapes = [(shape[0], shape[1], *self._out_hw(H, W))]
         if len(param.top) == 2:
@@ -295,8 +297,8 @@ class PoolingLayer(Layer):
         and the last window must start before the image's end plus the top/left pad."""
         (ph, pw), (pbh, pbw) = self.pad, self._pad_end()
         any_pad = bool(ph or pw or pbh or pbw)
-        return (pooled_size(H, self.kernel[0], self.stride[0], ph, any_pad, pbh),
-                pooled_size(W, self.kernel[1], self.stride[1], pw, any_pad, pbw))
+        return (pooled_size(H, self.kernel[0], self.stride[0], ph, any_pad, pbh, self.ceil),
+                pooled_size(W, self.kernel[1], self.stride[1], pw, any_pad, pbw, self.ceil))
 
     def forward(self, x):
         H, W = x.shape[-2:]

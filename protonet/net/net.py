@@ -17,6 +17,7 @@ from torch import nn
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError, ShapeError
 from protonet.io.blobs import array_to_blob, blob_to_array
+from protonet.io.dialects import ignored_fields
 from protonet.io.prototxt import read_prototxt
 from protonet.io.upgrade import upgrade_net
 from protonet.layers.base import NetContext, layer_class
@@ -78,6 +79,9 @@ class Net(nn.Module):
         # V0/V1 layers, old data fields, 3-param BatchNorm, and `input:` fields become an Input layer.
         upgrade_net(param, source=where, input_fields_to_layer=True)
         self.net_param = filter_net(param, state)
+        for reason, names in ignored_fields(self.net_param).items():
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            (log.warning if "quantization" in reason else log.info)("%s (layers %s)", reason, shown)
         self.name = self.net_param.name
         self.force_backward = bool(self.net_param.force_backward)
 
