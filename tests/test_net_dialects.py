@@ -161,7 +161,7 @@ def test_inspect_reports_dialects_and_layers_it_cannot_run(tmp_path):
     assert "  dialect Intel Caffe: layer conv1: convolution_param.engine: MKLDNN; layer conv1: quantization_param; " \
            "layer conv1: engine; ... (4 in all)" in out
     assert "  dialect NVCaffe: layer conv1: forward_type" in out
-    assert "  dialect layer ports: layer up: type Upsample" in out
+    assert "  dialect layer ports: layer up: upsample_param; layer up: type Upsample" in out
     assert "  cannot run layer seg: type YoloSeg (a type of the YOLO/SSD forks (eric612))" in out
 
 
