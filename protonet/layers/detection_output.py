@@ -6,7 +6,7 @@ import os
 import numpy as np
 import torch
 
-from protonet import box
+from protonet import box, caffe_pb2
 from protonet.errors import ProtonetError
 from protonet.eval import writers
 from protonet.io.labelmap import map_label_to_name, read_labelmap
@@ -67,7 +67,7 @@ class DetectionOutputLayer(Layer):
         if p.visualize:
             raise ProtonetError(f"{self.where}: visualize is not supported (use `protonet detect`)")
         self.normalized, self.clip = p.normalized_bbox, p.clip
-        if not self.normalized and (self.clip or p.code_type == p.CORNER_SIZE):
+        if not self.normalized and (self.clip or p.code_type == caffe_pb2.PriorBoxParameter.CORNER_SIZE):
             raise ProtonetError(f"{self.where}: normalized_bbox: false is supported with code_type CORNER or "
                                 f"CENTER_SIZE and without clip (OpenCV clips pixel boxes to a fourth image bottom)")
         self._setup_saving(p.save_output_param)
