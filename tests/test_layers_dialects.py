@@ -345,3 +345,24 @@ def test_concat_per_fla_fuse_permutes_and_flattens_each_bottom():
     assert layer.top_shapes == [(2, 36 + 16, 1, 1)]
     want = np.concatenate([a.transpose(0, 2, 3, 1).reshape(2, -1), b.transpose(0, 2, 3, 1).reshape(2, -1)], axis=1)
     np.testing.assert_array_equal(run(layer, a, b), want.reshape(2, -1, 1, 1))
+
+
+# ------------------------------------------------------------------- NVCaffe's scale_bias BatchNorm
+def test_batchnorm_scale_bias_matches_opencv(tmp_path):
+    """NVCaffe's batch_norm_layer.cpp: scale_bias adds blobs scale (3) and bias (4) to the three
+    statistics: y = scale * (x - mean) / sqrt(var + eps) + bias."""
+    text = 'name: "bn" type: "BatchNorm" bottom: "x" top: "y" batch_norm_param { use_global_stats: true scale_bias: true }'
+    x = rand(2, 3, 4, 5)
+    layer = build(text, x.shape)
+    assert [tuple(b.shape) for b in layer.blobs] == [(3,), (3,), (1,), (3,), (3,)]
+    assert layer.blobs[3].tolist() == [1, 1, 1] and layer.blobs[4].tolist() == [0, 0, 0]
+    # NVCaffe keeps blob 2 (Caffe's moving-average factor) at 1 and uses mean and variance as stored
+    blobs = [rand(3), rand(3) ** 2 + 0.5, np.float32([1]), rand(3), rand(3)]
+    with torch.no_grad():
+        for t, b in zip(layer.blobs, blobs):
+            t.copy_(torch.from_numpy(b))
+    y = run(layer, x)
+    mean, var = blobs[0], blobs[1]
+    want = (x - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-5) * blobs[3][:, None, None] + blobs[4][:, None, None]
+    close(y, want.astype(np.float32))
+    close(y, opencv(tmp_path, text.replace('top: "y"', 'top: "bn"'), {"x": x}, blobs))

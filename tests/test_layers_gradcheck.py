@@ -39,6 +39,8 @@ CASES = [
     ("spp", 'type: "SPP" spp_param { pyramid_height: 2 pool: AVE }', [(1, 2, 5, 4)], {}, TEST, None),
     ("batchnorm_train", 'type: "BatchNorm"', [(3, 2, 2)], {}, TRAIN, None),
     ("batchnorm_test", 'type: "BatchNorm"', [(3, 2, 2)], {}, TEST, None),
+    ("batchnorm_scale_bias", 'type: "BatchNorm" batch_norm_param { scale_filler { type: "gaussian" } '
+     'bias_filler { type: "gaussian" } }', [(3, 2, 2)], {}, TRAIN, None),
     ("scale", 'type: "Scale" scale_param { bias_term: true filler { type: "gaussian" } bias_filler { type: "gaussian" } }',
      [(2, 3, 2)], {}, TEST, None),
     ("scale_two_bottoms", 'type: "Scale" scale_param { axis: 0 }', [(2, 3, 2), (2, 3)], {}, TEST, None),

@@ -5,6 +5,7 @@ import click
 
 from protonet.errors import ProtonetError
 from protonet.io.describe import describe, load_any, shape_text, table, upgrade_loaded
+from protonet.io.dialects import dialect_report
 from protonet.io.prototxt import atomic_write, format_prototxt
 
 
@@ -49,8 +50,7 @@ def inspect_command(file, shapes, phase):
 
 def _dialect_lines(net_param):
     """Which dialects the net uses and which of its layers protonet cannot run."""
-    from protonet.io.dialects import dialect_report
-    from protonet.layers import LAYERS  # the torch layer registry: only for nets
+    from protonet.layers import LAYERS  # the layer registry imports torch: only for nets
 
     type_dialects = {t: getattr(cls, "dialect", "") for t, cls in LAYERS.items()}
     return dialect_report(net_param, type_dialects, set(LAYERS))

@@ -10,6 +10,7 @@ import collections
 
 from protonet import caffe_pb2
 from protonet.io.blobs import varint
+from protonet.io.foreign import foreign_type
 from protonet.io.prototxt import read_varint
 
 DIALECTS = ("NVCaffe", "Intel Caffe", "OpenCV", "TF converters", "layer ports")
@@ -220,8 +221,6 @@ def dialect_report(net_param, type_dialects, runnable_types):
 
     type_dialects: layer type -> dialect of the types protonet runs from other forks;
     runnable_types: every type protonet runs."""
-    from protonet.io.foreign import foreign_type  # a data table, only for reports and refusals
-
     uses = net_dialects(net_param)
     for layer in net_param.layer:
         dialect = type_dialects.get(layer.type)

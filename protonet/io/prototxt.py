@@ -9,6 +9,7 @@ from google.protobuf.message import DecodeError
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError, PrototxtError
+from protonet.io.foreign import foreign_field
 from protonet.io.upgrade import upgrade_net, upgrade_solver
 
 _UMASK = os.umask(0)
@@ -39,8 +40,6 @@ _NO_FIELD = re.compile(r'Message type "caffe\.(\w+)" has no field named "(\w+)"'
 
 def _with_fork(msg):
     """An unknown field's message, saying which fork has that field when one does."""
-    from protonet.io.foreign import foreign_field  # a data table, loaded only for this error
-
     m = _NO_FIELD.search(msg)
     fork = m and foreign_field(m.group(1), m.group(2))
     return f"{msg.rstrip('.')} (a field of {fork}, which protonet does not run)" if fork else msg

@@ -192,12 +192,12 @@ class Net(nn.Module):
         if len(lparam.param) > len(blobs):
             raise ProtonetError(f"layer {name}: {len(lparam.param)} param specs given but the layer has "
                                 f"{len(blobs)} blobs")
-        if lparam.type == "BatchNorm":
-            for i, spec in enumerate(lparam.param):
+        if lparam.type == "BatchNorm":  # the first three blobs are statistics (then NVCaffe's scale, bias)
+            for i, spec in enumerate(lparam.param[:3]):
                 if spec.lr_mult != 0:
                     raise ProtonetError(f"layer {name}: BatchNorm statistics cannot be learned (param {i} "
                                         f"has lr_mult {spec.lr_mult})")
-            while len(lparam.param) < len(blobs):
+            while len(lparam.param) < min(3, len(blobs)):
                 lparam.param.add().lr_mult = 0
         for i, tensor in enumerate(blobs):
             spec = lparam.param[i] if i < len(lparam.param) else caffe_pb2.ParamSpec()
