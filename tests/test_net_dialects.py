@@ -193,3 +193,26 @@ def test_nvcaffe_fp16_caffemodel_runs_like_opencv(tmp_path):
     cv = cv2.dnn.readNetFromCaffe(str(tmp_path / "n.prototxt"), str(tmp_path / "n.caffemodel"))
     cv.setInput(x)
     np.testing.assert_allclose(cv.forward("conv2"), y, rtol=1e-5, atol=1e-5)
+
+
+def test_netspec_writes_the_ports_types_with_their_parameters():
+    from protonet.spec import NetSpec, layers as L
+
+    n = NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 6, 4, 4]))
+    n.dw = L.DepthwiseConvolution(n.data, num_output=6, group=6, kernel_size=3, pad=1)
+    n.cdw = L.ConvolutionDepthwise(n.dw, kernel_size=3, pad=1)
+    n.relu6 = L.ReLU6(n.cdw, negative_slope=0.1)
+    n.relu = L.ReLU(n.relu6, negative_slope=0.2)
+    n.shuffle = L.ShuffleChannel(n.relu, group=3)
+    n.up = L.Upsample(n.shuffle, scale=2)
+    n.interp = L.Interp(n.up, zoom_factor=2)
+    proto = n.to_proto()
+    layers = {l.name: l for l in proto.layer}
+    assert layers["cdw"].convolution_param.kernel_size == [3]
+    assert layers["relu6"].relu6_param.negative_slope == pytest.approx(0.1)
+    assert layers["relu"].relu_param.negative_slope == pytest.approx(0.2) and not layers["relu"].HasField("relu6_param")
+    assert layers["shuffle"].shuffle_channel_param.group == 3
+    assert layers["up"].upsample_param.scale == 2 and layers["interp"].interp_param.zoom_factor == 2
+    net = Net(proto)
+    assert net.blob_shapes["interp"] == (1, 6, 15, 15)
