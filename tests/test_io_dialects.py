@@ -156,3 +156,16 @@ def test_net_dialects_names_each_use():
     assert found["OpenCV"] == ["layer det: detection_output_param.normalized_bbox",
                                "layer det: detection_output_param.clip"]
     assert found["TF converters"] == ["layer conv: convolution_param.pad_l", "layer conv: convolution_param.pad_r"]
+
+
+def test_every_dialect_mark_names_a_known_dialect():
+    from protonet.io.dialects import DIALECTS, field_dialect, value_dialect
+
+    marks = set()
+    for message in caffe_pb2.DESCRIPTOR.message_types_by_name.values():
+        for fd in message.fields:
+            marks.add(field_dialect(fd))
+        for enum in message.enum_types:
+            marks.update(value_dialect(v) for v in enum.values)
+    marks.update(value_dialect(v) for v in caffe_pb2.Type.DESCRIPTOR.values)
+    assert marks - {""} == set(DIALECTS)

@@ -13,8 +13,8 @@ from protonet.io.blobs import varint
 from protonet.io.foreign import foreign_type
 from protonet.io.prototxt import read_varint
 
+# The dialects, in the order of precedence of proto/README.md (the schema names them in its options)
 DIALECTS = ("NVCaffe", "Intel Caffe", "OpenCV", "TF converters", "layer ports")
-BASE = "SSD/RefineDet"
 # For refusals: what protonet reads and runs.
 KNOWN = ("BVLC, SSD and RefineDet Caffe, NVCaffe, Intel Caffe, OpenCV's importer, TF converters (Synopsys "
          "Caffe) and the layer ports (MobileNet, ShuffleNet, SENet, YOLO/SSD forks, PSPNet)")
@@ -35,11 +35,13 @@ def value_dialect(enum_value_descriptor):
 # ------------------------------------------------------------------------------------- usage
 
 
-def dialect_uses(message, path=""):
+def dialect_uses(message, path="", skip=()):
     """(dialect, "path.to.field") for every set field and enum value of another dialect in
-    `message`, depth first. Blob values are not walked (only their fields)."""
+    `message` (fields named in `skip` left out), depth first. Blob values are not walked."""
     out = []
     for fd, value in message.ListFields():
+        if fd.name in skip:
+            continue
         where = f"{path}.{fd.name}" if path else fd.name
         dialect = field_dialect(fd)
         if dialect:
@@ -59,20 +61,12 @@ def dialect_uses(message, path=""):
 def net_dialects(net_param):
     """Dialect -> list of "layer NAME: field" (or "net: field") uses in a NetParameter."""
     found = collections.OrderedDict()
-    for dialect, where in dialect_uses(_without_layers(net_param)):
+    for dialect, where in dialect_uses(net_param, skip=("layer", "layers")):
         found.setdefault(dialect, []).append(f"net: {where}")
     for layer in net_param.layer:
         for dialect, where in dialect_uses(layer):
             found.setdefault(dialect, []).append(f"layer {layer.name}: {where}")
     return found
-
-
-def _without_layers(net_param):
-    head = caffe_pb2.NetParameter()
-    head.CopyFrom(net_param)
-    head.ClearField("layer")
-    head.ClearField("layers")
-    return head
 
 
 # ------------------------------------------------------------------------- binary translation
