@@ -1,5 +1,6 @@
 """`protonet train | test | time | device-query`: the `caffe` tool's commands with its flags."""
 import os
+import signal
 
 import click
 import torch
@@ -8,7 +9,7 @@ from protonet.commands.options import caffe_option, glog_output, stage_list
 from protonet.devices import parse_gpus
 from protonet.errors import ProtonetError
 from protonet.solver.logger import get_logger
-from protonet.solver.launch import TrainJob, run_job, run_under_torchrun, spawn_training
+from protonet.solver.launch import TrainJob, exit_status, run_job, run_under_torchrun, spawn_training
 from protonet.solver.solver import RunOptions, read_solver
 from protonet.tools.score import score_model
 from protonet.tools.timing import time_model
@@ -36,6 +37,11 @@ def torchrun_environment():
               help="Action on SIGINT: snapshot, stop or none.")
 @caffe_option("sighup_effect", default="snapshot", type=click.Choice(["stop", "snapshot", "none"]),
               help="Action on SIGHUP: snapshot, stop or none.")
+@caffe_option("sigterm_effect", default="stop", type=click.Choice(["stop", "snapshot", "none"]),
+              help="Action on SIGTERM (what schedulers send before a kill): stop (with the final snapshot), "
+                   "snapshot or none.")
+@caffe_option("resume", is_flag=True, default=False,
+              help="Resume from the newest complete snapshot pair of the solver's prefix (none: start afresh).")
 @caffe_option("level", type=int, default=0, help="Net state level.")
 @caffe_option("stage", default="", help="Net state stages, separated by ','.")
 @caffe_option("amp", type=click.Choice(["bf16", "fp16"]), default=None,
@@ -49,11 +55,15 @@ def torchrun_environment():
 @caffe_option("allow_python_layers", is_flag=True, default=False,
               help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @caffe_option("log", "log_file", default=None, help="Also append the log to this file.")
-def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, level, stage,
-                  amp, channels_last, workers, data_shuffle, reencode_jpeg, allow_python_layers, log_file):
-    """Train or finetune a model (caffe train)."""
+def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, sigterm_effect, resume,
+                  level, stage, amp, channels_last, workers, data_shuffle, reencode_jpeg, allow_python_layers,
+                  log_file):
+    """Train or finetune a model (caffe train). A signal that stops it before max_iter ends it with
+    exit status 128 + the signal's number (SIGINT 130, SIGTERM 143)."""
     if snapshot and weights:
         raise ProtonetError("give --snapshot to resume training or --weights to finetune, not both")
+    if snapshot and resume:
+        raise ProtonetError("give --snapshot to resume from a given state or --resume for the newest, not both")
     param = read_solver(solver)
     if not gpu and param.solver_mode == param.GPU and torch.cuda.is_available():
         gpu = str(param.device_id)
@@ -62,19 +72,23 @@ def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sig
                          amp=amp, channels_last=channels_last, data_workers=workers, data_shuffle=data_shuffle,
                          reencode_jpeg=reencode_jpeg, allow_python_layers=allow_python_layers)
     job = TrainJob(solver=solver, options=options, weights=weights or None, snapshot=snapshot or None,
-                   sigint_effect=sigint_effect, sighup_effect=sighup_effect, max_iter=iterations,
-                   log_to_stderr=True, log_path=log_file)
+                   sigint_effect=sigint_effect, sighup_effect=sighup_effect, sigterm_effect=sigterm_effect,
+                   resume=resume, max_iter=iterations, log_to_stderr=True, log_path=log_file)
     torchrun = torchrun_environment()
     if torchrun is not None:
-        run_under_torchrun(job, *torchrun)
+        status = exit_status(run_under_torchrun(job, *torchrun))
     elif len(gpus) > 1:
         with glog_output(log_file):
             log.info("Using GPUs %s", ", ".join(str(g) for g in gpus))
             for g in gpus:
                 log.info("GPU %d: %s", g, torch.cuda.get_device_name(g))
-        spawn_training(job, [f"cuda:{g}" for g in gpus])
+        status = spawn_training(job, [f"cuda:{g}" for g in gpus])
     else:
-        _train_here(job, param, gpus, log_file)
+        status = _train_here(job, param, gpus, log_file)
+    if status:
+        with glog_output(log_file):
+            log.info("Stopped by %s before max_iter: exit status %d", signal.Signals(status - 128).name, status)
+        raise SystemExit(status)
 
 
 def _train_here(job, param, gpus, log_file):
@@ -92,6 +106,7 @@ def _train_here(job, param, gpus, log_file):
     with glog_output(log_file):
         if not solver_obj.requested_early_exit:
             log.info("Optimization Done.")
+    return exit_status(solver_obj)
 
 
 # ---------------------------------------------------------------------- test

@@ -72,13 +72,16 @@ def read_solver(source):
 class Solver:
     """Caffe's SGDSolver family on protonet nets.
 
-    `param`: SolverParameter or path of a solver prototxt. `action`: a callable returning
-    NONE/STOP/SNAPSHOT, asked after every iteration and before every test batch (signals).
+    `param`: SolverParameter or path of a solver prototxt (`solver_path`: the file a message came
+    from). `action`: a callable returning NONE/STOP/SNAPSHOT, asked after every iteration and
+    before every test batch (signals).
     """
 
-    def __init__(self, param, options=None, action=None, net_factory=None):
+    def __init__(self, param, options=None, action=None, net_factory=None, solver_path=None):
         self.param = read_solver(param)
-        self.solver_path = None if isinstance(param, caffe_pb2.SolverParameter) else os.fspath(param)
+        if solver_path is None and not isinstance(param, caffe_pb2.SolverParameter):
+            solver_path = os.fspath(param)
+        self.solver_path = solver_path  # names the snapshots when the solver has no snapshot_prefix
         self.options = options or RunOptions()
         self.action = action
         self.is_root = self.options.rank == 0
@@ -102,16 +105,19 @@ class Solver:
             random.seed(s)
         self.net = self._init_train_net()
         self.test_nets = self._init_test_nets() if self.is_root else []
-        self.updater = Updater(p, self.net.learnable_params, log=self._info)
+        self.updater = Updater(p, self.net.learnable_params, log=self.log_info)
         self.progress = Progress()
         self.smoothed_loss = _f32(0)
         self.losses = []
         self.requested_early_exit = False
+        self.stop_signal = None      # the signal whose effect stopped training (set by launch.run_job)
         self.last_snapshot = None
         self._scaler = LossScaler() if self.options.amp == "fp16" else None
         self._skip_batches = 0
         if self.is_root:
-            Snapshots(self.param, self.solver_path).check_writable()
+            snapshots = Snapshots(self.param, self.solver_path)
+            snapshots.check_writable()
+            snapshots.remove_stale(log)
             log.info("Solver scaffolding done.")
 
     # ------------------------------------------------------------------ nets
@@ -237,7 +243,8 @@ class Solver:
             skip_data(self.net, self._skip_batches)
 
     # ------------------------------------------------------------------ running
-    def _info(self, msg, *args):
+    def log_info(self, msg, *args):
+        """An info line, from the root process only."""
         if self.is_root:
             log.info(msg, *args)
 
@@ -344,12 +351,12 @@ class Solver:
                 break
 
     def _apply_update(self, display):
-        rate = learning_rate(self.param, self.progress, self.smoothed_loss, log=self._info)
+        rate = learning_rate(self.param, self.progress, self.smoothed_loss, log=self.log_info)
         if display:
-            self._info("Iteration %d, lr = %s", self.progress.iter, format_float(rate))
+            self.log_info("Iteration %d, lr = %s", self.progress.iter, format_float(rate))
         if self._scaler is not None:
             if not self._scaler.unscale(self.updater.blobs):
-                self._info("Iteration %d, fp16 gradients overflowed: update skipped, loss scale %g",
+                self.log_info("Iteration %d, fp16 gradients overflowed: update skipped, loss scale %g",
                            self.progress.iter, self._scaler.scale_value)
                 return
         self.updater.apply(rate, self.progress.iter)
@@ -380,17 +387,17 @@ class Solver:
         if p.snapshot_after_train and (not p.snapshot or self.progress.iter % p.snapshot != 0) and self.is_root:
             self.snapshot()
         if self.requested_early_exit:
-            self._info("Optimization stopped early.")
+            self.log_info("Optimization stopped early.")
             return
         if p.display and self.progress.iter % p.display == 0:
             with torch.no_grad(), self.autocast():
                 self.net.train()
                 loss = _f32(self.net.loss(self.net(**{})).float().item())
             self._update_smoothed_loss(loss, start_iter)
-            self._info("Iteration %d, loss = %s", self.progress.iter, format_float(self.smoothed_loss))
+            self.log_info("Iteration %d, loss = %s", self.progress.iter, format_float(self.smoothed_loss))
         if p.test_interval and self.progress.iter % p.test_interval == 0 and self.is_root:
             self.test_all()
-        self._info("Optimization Done.")
+        self.log_info("Optimization Done.")
 
     # ------------------------------------------------------------------ testing
     def test_all(self):

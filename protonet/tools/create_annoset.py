@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import xml.etree.ElementTree as ET
 
@@ -40,6 +41,7 @@ import numpy as np
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
+from protonet.io.atomic import remove_stale, replace, temporary_name
 from protonet.io.labelmap import map_name_to_label, read_labelmap
 
 log = logging.getLogger("protonet.create_annoset")
@@ -372,8 +374,8 @@ def create_annoset(root, list_file, out_db, anno_type="classification", label_ty
 
     parent = os.path.dirname(out_db) or "."
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(out_db)}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale(parent, re.escape(os.path.basename(out_db)))  # what a killed run left
+    tmp = temporary_name(out_db)
     env = lmdb.open(tmp, map_size=1 << 40, subdir=True, meminit=False, map_async=True)
     written, skipped, data_size = 0, [], None
     try:
@@ -418,9 +420,7 @@ def create_annoset(root, list_file, out_db, anno_type="classification", label_ty
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     env.close()
-    if os.path.exists(out_db):
-        shutil.rmtree(out_db)
-    os.rename(tmp, out_db)
+    replace(tmp, out_db)  # the complete database appears under its name at once
     return written, skipped
 
 

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from protonet.errors import ProtonetError
+from protonet.io.atomic import atomic_open, atomic_write_image
 
 ITERATION = re.compile(r"Iteration (\d+)")
 TRAIN_OUTPUT = re.compile(r"Train net output #(\d+): (\S+) = ([\.\deE+-]+)")
@@ -113,7 +114,7 @@ def write_tables(log_path, out_dir, train, test, delimiter=","):
         if not rows:
             continue
         name = os.path.join(out_dir, base + suffix)
-        with open(name, "w", newline="") as fh:
+        with atomic_open(name, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()), dialect=csv.excel, delimiter=delimiter)
             writer.writeheader()
             writer.writerows(rows)
@@ -161,7 +162,8 @@ def _plot_matplotlib(panels, path, title):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_open(path) as fh:
+        fig.savefig(fh, format=os.path.splitext(os.fspath(path))[1][1:] or "png")
     plt.close(fig)
 
 
@@ -207,5 +209,4 @@ def _plot_opencv(panels, path, title):
             else:
                 cv2.polylines(img, [poly], False, color, 2, cv2.LINE_AA)
             cv2.putText(img, label, (x1 - 200, y0 + 18 + 16 * k), font, 0.45, color, 1, cv2.LINE_AA)
-    if not cv2.imwrite(os.fspath(path), img):
-        raise ProtonetError(f"{path}: cannot write the PNG")
+    atomic_write_image(path, img)
