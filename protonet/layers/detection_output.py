@@ -12,6 +12,7 @@ from protonet.eval import writers
 from protonet.io.labelmap import label_names
 from protonet.io.name_size import read_name_size
 from protonet.layers.base import Layer, register
+from protonet.layers.detection_heads import separate_heads
 
 FLT_MAX = float(np.finfo(np.float32).max)
 log = logging.getLogger("protonet.layers")
@@ -30,15 +31,20 @@ class DetectionOutputLayer(Layer):
     from the ARM-refined priors and priors with ARM objectness < objectness_score count as
     background ([1, 0, 0, ...] scores). OpenCV's fields: `clip` clamps the decoded boxes to
     [0, 1] before NMS; `normalized_bbox: false` takes pixel priors (CENTER_SIZE prior sizes and
-    NMS overlaps count both end pixels)."""
+    NMS overlaps count both end pixels). Synopsys Caffe's heads given one per feature map
+    (`nbottom`, `no_permute`) are gathered first (detection_heads.py)."""
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
-        self.check_bottoms(3, 5)
         p = param.detection_output_param
         self.where = f"layer {self.name} (DetectionOutput)"
         if not p.HasField("num_classes"):
             raise ProtonetError(f"{self.where}: must specify num_classes")
+        # Synopsys Caffe's heads one per feature map (nbottom of each), else the SSD fork's 3 to 5
+        self.heads = separate_heads(self.where, p, self.bottom_shapes, 1 if p.share_location else p.num_classes,
+                                    p.num_classes)
+        if self.heads is None:
+            self.check_bottoms(3, 5)
         self.p = p
         self.num_classes = int(p.num_classes)
         self.share_location = p.share_location
@@ -54,8 +60,9 @@ class DetectionOutputLayer(Layer):
             raise ProtonetError(f"{self.where}: eta must be in (0, 1]")
         self.top_k = int(p.nms_param.top_k) if p.nms_param.HasField("top_k") else -1
         self.objectness_score = float(p.objectness_score)
-        arm_conf_s, arm_loc_s = (self.bottom_shapes[3:] + [None, None])[:2]
-        self.num_priors = box.check_head_shapes(self.where, *self.bottom_shapes[:3], self.loc_classes,
+        heads = self.heads.shapes if self.heads else self.bottom_shapes
+        arm_conf_s, arm_loc_s = (heads[3:] + [None, None])[:2]
+        self.num_priors = box.check_head_shapes(self.where, *heads[:3], self.loc_classes,
                                                 self.num_classes, arm_conf_s, arm_loc_s)
         if p.visualize:
             raise ProtonetError(f"{self.where}: visualize is not supported (use `protonet detect`)")
@@ -151,7 +158,10 @@ class DetectionOutputLayer(Layer):
                               self.label_to_name, self.num_classes, self.background, self.where)
 
     # -- forward ----------------------------------------------------------------------------
-    def forward(self, loc, conf, prior, arm_conf=None, arm_loc=None):
+    def forward(self, *bottoms):
+        if self.heads is not None:
+            bottoms = self.heads.gather(bottoms)
+        loc, conf, prior, arm_conf, arm_loc = (list(bottoms) + [None, None])[:5]
         with torch.no_grad():
             out = self.detect(loc, conf, prior, arm_conf, arm_loc)
         if self.need_save:

@@ -15,13 +15,14 @@ import torch
 from torch import nn
 
 from protonet import caffe_pb2
-from protonet.errors import ProtonetError, ShapeError
+from protonet.errors import PriorCountError, ProtonetError, ShapeError
 from protonet.io.blobs import array_to_blob, blob_to_array
 from protonet.io.caffemodel import read_caffemodel_arrays, write_caffemodel
 from protonet.io.dialects import ignored_fields
 from protonet.io.prototxt import read_prototxt
 from protonet.io.upgrade import upgrade_net
 from protonet.layers.base import NetContext, layer_class
+from protonet.layers.priorbox import faceboxes_prior_boxes
 from protonet.net.filtering import filter_net, parse_phase
 
 log = logging.getLogger("protonet.net")
@@ -87,15 +88,10 @@ class Net(nn.Module):
         self.force_backward = bool(self.net_param.force_backward)
 
         self.register_buffer("_device_probe", torch.zeros(()), persistent=False)
-        self.layers = OrderedDict()
-        self.blob_shapes = OrderedDict()
-        self.input_names = []
-        self.loss_weights = OrderedDict()
-        self._steps = []
-        self._owners = []          # (layer name, blob index, lr_mult, decay_mult) per owned blob, Caffe order
-        self._indices = {}         # layer name -> index of the first layer of that name
-        self._modules_list = nn.ModuleList()
-        self._build()
+        try:
+            self._build()
+        except PriorCountError as ssd_error:
+            self._build_with_faceboxes_priors(ssd_error)
         if weights is not None:
             self.load_weights(weights)
 
@@ -111,6 +107,14 @@ class Net(nn.Module):
         raise ProtonetError(f"Net: expected a prototxt path or a NetParameter, got {type(net).__name__}")
 
     def _build(self):
+        self.layers = OrderedDict()
+        self.blob_shapes = OrderedDict()
+        self.input_names = []
+        self.loss_weights = OrderedDict()
+        self._steps = []
+        self._owners = []          # (layer name, blob index, lr_mult, decay_mult) per owned blob, Caffe order
+        self._indices = {}         # layer name -> index of the first layer of that name
+        self._modules_list = nn.ModuleList()
         shapes = self.blob_shapes
         available = OrderedDict()      # blobs not yet consumed: the net's outputs at the end
         shared = {}                     # param name -> (layer name, blob index, ParamSpec of owner)
@@ -170,6 +174,21 @@ class Net(nn.Module):
             self._modules_list.append(layer)
             self._steps.append(_Step(name, layer, bottoms, tops, detach, is_input))
         self.output_names = sorted(available)
+
+    def _build_with_faceboxes_priors(self, ssd_error):
+        """sfzhang15/FaceBoxes' fork tiles priors its own way (densified 32 and 64 boxes): a net with
+        that fork's prior boxes whose heads do not fit the SSD fork's priors is read with every
+        PriorBox as FaceBoxes'; `ssd_error` is raised (with what FaceBoxes' reading gave) otherwise."""
+        candidates = faceboxes_prior_boxes(self.net_param)
+        if self.ctx.faceboxes_priors or not candidates:
+            raise ssd_error
+        self.ctx = dataclasses.replace(self.ctx, faceboxes_priors=True)
+        try:
+            self._build()
+        except PriorCountError as err:
+            raise PriorCountError(f"{ssd_error}; with FaceBoxes' priors (sfzhang15/FaceBoxes): {err}") from None
+        log.info("the heads fit FaceBoxes' priors (sfzhang15/FaceBoxes), not the SSD fork's: every PriorBox is read "
+                 "as FaceBoxes' (densified: %s)", ", ".join(candidates))
 
     def _layer_key(self, name, index):
         """The key of layer `index` in .layers: its name, or for a second layer of the same name
