@@ -22,11 +22,11 @@ layer { name: "f2" type: "Convolution" bottom: "f1" top: "f2" convolution_param 
 layer { name: "f1_loc" type: "Convolution" bottom: "f1" top: "f1_loc" convolution_param { num_output: 12 kernel_size: 1
         weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "f1_conf" type: "Convolution" bottom: "f1" top: "f1_conf" convolution_param { num_output: 9 kernel_size: 1
-        weight_filler { type: "gaussian" std: 1 } } }
+        weight_filler { type: "gaussian" std: 0.5 } } }
 layer { name: "f2_loc" type: "Convolution" bottom: "f2" top: "f2_loc" convolution_param { num_output: 16 kernel_size: 1
         weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "f2_conf" type: "Convolution" bottom: "f2" top: "f2_conf" convolution_param { num_output: 12 kernel_size: 1
-        weight_filler { type: "gaussian" std: 1 } } }
+        weight_filler { type: "gaussian" std: 0.5 } } }
 layer { name: "f1_prior" type: "PriorBox" bottom: "f1" bottom: "data" top: "f1_prior"
         prior_box_param { min_size: 8 aspect_ratio: 2 flip: true variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }
 layer { name: "f2_prior" type: "PriorBox" bottom: "f2" bottom: "data" top: "f2_prior"
@@ -70,6 +70,25 @@ def no_permute_heads():
                    'bottom: "f2_loc" bottom: "priors" top: "det" ' + OUTPUT.format(extra="nbottom: 2 no_permute: true"))
 
 
+def ratio_permute_heads():
+    """Synopsys' ratio_permute form (its older converted MobileNet-SSD): conf reshaped to N x R x C x
+    HW, permuted to N x C x R x HW, softmax over classes, flattened class-major; loc likewise to
+    N x 4 x R x HW, flattened coordinate-major."""
+    text = ""
+    for f, ratios in (("f1", 3), ("f2", 4)):
+        for kind, width in (("conf", 3), ("loc", 4)):
+            text += (f'layer {{ name: "{f}_{kind}_r" type: "Reshape" bottom: "{f}_{kind}" top: "{f}_{kind}_r" '
+                     f'reshape_param {{ shape {{ dim: 0 dim: {ratios} dim: {width} dim: -1 }} }} }}\n'
+                     f'layer {{ name: "{f}_{kind}_p" type: "Permute" bottom: "{f}_{kind}_r" top: "{f}_{kind}_p" '
+                     f'permute_param {{ order: 0 order: 2 order: 1 order: 3 }} }}\n')
+        text += (f'layer {{ name: "{f}_conf_s" type: "Softmax" bottom: "{f}_conf_p" top: "{f}_conf_s" }}\n'
+                 f'layer {{ name: "{f}_conf_f" type: "Flatten" bottom: "{f}_conf_s" top: "{f}_conf_f" }}\n'
+                 f'layer {{ name: "{f}_loc_f" type: "Flatten" bottom: "{f}_loc_p" top: "{f}_loc_f" }}\n')
+    return text + ('layer { name: "det" type: "DetectionOutput" bottom: "f1_conf_f" bottom: "f2_conf_f" bottom: '
+                   '"f1_loc_f" bottom: "f2_loc_f" bottom: "priors" top: "det" '
+                   + OUTPUT.format(extra="nbottom: 2 ratio_permute: true ratio0: 3 ratio1: 4"))
+
+
 def separate_ssd_heads(per_map_priors):
     """Synopsys' separate heads in the SSD order: one flattened conf (softmaxed) and loc per map."""
     text = ""
@@ -89,6 +108,7 @@ def separate_ssd_heads(per_map_priors):
 
 
 def detections(heads, weights_from=None):
+    torch.manual_seed(0)  # the fillers' weights: scores without ties
     net = Net(parse_prototxt(BODY + heads, caffe_pb2.NetParameter()), phase="TEST")
     if weights_from is not None:
         for name, blobs in weights_from.params.items():
@@ -99,12 +119,12 @@ def detections(heads, weights_from=None):
         return net, net(data=image)["det"][0, 0].numpy()
 
 
-@pytest.mark.parametrize("heads", ["no_permute", "separate", "separate_per_map_priors"])
+@pytest.mark.parametrize("heads", ["no_permute", "ratio_permute", "separate", "separate_per_map_priors"])
 def test_synopsys_heads_give_the_ssd_forks_detections(heads):
     """The same convolutions read through Synopsys' heads give the SSD fork's detections, for each
     image of a batch of two (Synopsys reads image 0's heads for every image: a bug not copied)."""
     ssd_net, want = detections(ssd_heads())
-    text = {"no_permute": no_permute_heads(), "separate": separate_ssd_heads(False),
+    text = {"no_permute": no_permute_heads(), "ratio_permute": ratio_permute_heads(), "separate": separate_ssd_heads(False),
             "separate_per_map_priors": separate_ssd_heads(True)}[heads]
     _, got = detections(text, weights_from=ssd_net)
     assert len(want) > 20 and set(want[:, 0]) == {0, 1}
@@ -138,6 +158,8 @@ def test_synopsys_heads_refusals():
         Net(parse_prototxt(text.replace('bottom: "f2_loc" ', ''), caffe_pb2.NetParameter()))
     with pytest.raises(ShapeError, match=r"head 1: no_permute takes a confidence head N x 3 x 4 x 16"):
         Net(parse_prototxt(text.replace('dim: 4 dim: 3 dim: -1', 'dim: 2 dim: 6 dim: -1'), caffe_pb2.NetParameter()))
+    with pytest.raises(ShapeError, match="head 1: ratio1 6 does not divide its 64 boxes"):
+        Net(parse_prototxt(BODY + ratio_permute_heads().replace(" ratio1: 4", ""), caffe_pb2.NetParameter()))
     with pytest.raises(ProtonetError, match="no_permute takes the priors concatenated"):
         Net(parse_prototxt(text.replace('bottom: "priors"', 'bottom: "f1_prior" bottom: "f2_prior"')
                            .replace("nbottom: 2", "nbottom: 2"), caffe_pb2.NetParameter()))

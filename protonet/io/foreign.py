@@ -34,8 +34,7 @@ _FIELDS = {
             'submanifold_sparse weight_fixed weight_scale weight_zero_point'
         ),
         'DetectionOutputParameter': (
-            'arm_conf_no_concat arm_loc_no_concat max_classes_per_detection ratio0 '
-            'ratio1 ratio2 ratio3 ratio4 ratio5 ratio_permute scale_xywh tflite_detection '
+            'arm_conf_no_concat arm_loc_no_concat max_classes_per_detection scale_xywh tflite_detection '
             'tflite_use_regular_nms'
         ),
         'EltwiseParameter': 'axis input_scale input_zero_point output_scale output_zero_point quantize_method saturate',
