@@ -247,3 +247,77 @@ def test_faceboxes_net_is_read_as_the_fork_when_its_heads_need_it():
     with pytest.raises(PriorCountError, match=r"loc has 324 values per image, expected 52 for 13 priors; with "
                                              r"FaceBoxes' priors \(sfzhang15/FaceBoxes\): .* expected 340 for 85"):
         Net(parse_prototxt(FACEBOXES_NET.replace("LOC", "80").replace("CONF", "40"), caffe_pb2.NetParameter()))
+
+
+# ------------------------------------------------------------------------------ TextBoxes
+def textboxes_reference(layer_h, layer_w, img, sizes):
+    """MhLiao/TextBoxes prior_box_layer.cpp: per cell and box, the box at the cell centre, then at
+    the centre (h + 1) * step (half a step lower); boxes min, sqrt(min max), then the ratios."""
+    step = F32(img) / F32(layer_w)
+    out = []
+    for h in range(layer_h):
+        for w in range(layer_w):
+            cx = F32(F32(w + F32(0.5)) * step)
+            for bw, bh in sizes:
+                for cy in (F32(F32(h + F32(0.5)) * step), F32(F32(h + F32(1.0)) * step)):
+                    out.append([(float(cx) - bw / 2.0) / img, (float(cy) - bh / 2.0) / img,
+                                (float(cx) + bw / 2.0) / img, (float(cy) + bh / 2.0) / img])
+    return np.clip(np.array(out, F32).reshape(-1), 0, 1)
+
+
+def test_additional_y_offset_doubles_each_prior_as_textboxes():
+    text = ('name: "p" type: "PriorBox" bottom: "f" bottom: "d" top: "y" prior_box_param { min_size: 30 max_size: 60 '
+            'aspect_ratio: 5 flip: false clip: true variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 '
+            'additional_y_offset: true }')
+    layer = build(text, (1, 8, 3, 3), (1, 3, 96, 96))
+    assert layer.num_priors == 6
+    out = layer(torch.zeros(1, 8, 3, 3), torch.zeros(1, 3, 96, 96))[0].numpy()
+    r = float(np.sqrt(F32(5)))
+    sizes = [(30.0, 30.0), (float(F32(np.sqrt(1800.0))),) * 2, (float(F32(F32(30) * F32(r))), float(F32(F32(30) / F32(r))))]
+    np.testing.assert_array_equal(out[0], textboxes_reference(3, 3, 96, sizes))
+
+
+TEXTBOXES_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 64 dim: 64 } } }
+layer { name: "f" type: "Convolution" bottom: "data" top: "f" convolution_param { num_output: 4 kernel_size: 16 stride: 16 } }
+layer { name: "f_loc" type: "Convolution" bottom: "f" top: "f_loc" convolution_param { num_output: LOC kernel_size: 1 } }
+layer { name: "f_conf" type: "Convolution" bottom: "f" top: "f_conf" convolution_param { num_output: CONF kernel_size: 1 } }
+layer { name: "f_loc_flat" type: "Flatten" bottom: "f_loc" top: "f_loc_flat" }
+layer { name: "f_conf_flat" type: "Flatten" bottom: "f_conf" top: "f_conf_flat" }
+layer { name: "f_prior" type: "PriorBox" bottom: "f" bottom: "data" top: "f_prior"
+        prior_box_param { min_size: 20.5 aspect_ratio: 3 flip: false clip: true variance: 0.1 } }
+layer { name: "det" type: "DetectionOutput" bottom: "f_loc_flat" bottom: "f_conf_flat" bottom: "f_prior" top: "det"
+        detection_output_param { num_classes: 2 nms_param { nms_threshold: 0.3 } code_type: CENTER_SIZE } }
+"""
+
+
+def test_textboxes_net_is_read_as_the_fork_when_its_heads_need_it():
+    """TextBoxes' deploys carry no field: their heads predict twice the SSD fork's priors, and every
+    PriorBox is of that fork's fields; its sizes are not truncated (20.5 stays)."""
+    net = Net(parse_prototxt(TEXTBOXES_NET.replace("LOC", "16").replace("CONF", "8"), caffe_pb2.NetParameter()))
+    assert net.ctx.textboxes_priors and net.layers["f_prior"].num_priors == 4
+    with torch.no_grad():
+        priors = net(data=torch.zeros(1, 3, 64, 64))["f_prior"][0, 0].numpy()
+    r = np.sqrt(F32(3))
+    sizes = [(20.5, 20.5), (float(F32(F32(20.5) * r)), float(F32(F32(20.5) / r)))]
+    np.testing.assert_array_equal(priors, textboxes_reference(4, 4, 64, sizes))
+    assert not Net(parse_prototxt(TEXTBOXES_NET.replace("LOC", "8").replace("CONF", "4"),
+                                  caffe_pb2.NetParameter())).ctx.textboxes_priors
+    # a field TextBoxes' fork lacks: not its net, the SSD fork's error
+    with pytest.raises(PriorCountError, match=r"loc has 256 values per image, expected 128 for 32 priors$"):
+        Net(parse_prototxt(TEXTBOXES_NET.replace("LOC", "16").replace("CONF", "8").replace("clip: true", "step: 16"),
+                           caffe_pb2.NetParameter()))
+
+
+def test_opencv_normalize_bbox_param_is_norm_param(tmp_path):
+    """OpenCV's earlier dnn named SSD's norm_param normalize_bbox_param (its samples use it)."""
+    from test_layers_dialects import opencv, rand
+    x = rand(2, 4, 3, 5)
+    text = ('name: "n" type: "Normalize" bottom: "x" top: "y" {} {{ across_spatial: false channel_shared: false '
+            'scale_filler {{ type: "constant" value: 20 }} }}')
+    layer = build(text.format("normalize_bbox_param"), x.shape)
+    assert tuple(layer.blobs[0].shape) == (4,) and not layer.across_spatial
+    with torch.no_grad():
+        ours = layer(torch.from_numpy(x)).numpy()
+    theirs = opencv(tmp_path, text.format("norm_param"), {"x": x}, [layer.blobs[0].detach().numpy()])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())

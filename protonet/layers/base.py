@@ -60,6 +60,8 @@ class NetContext:
     # Every PriorBox follows sfzhang15/FaceBoxes' fork (set by Net when the SSD fork's priors do not
     # fit the net's heads and FaceBoxes' do)
     faceboxes_priors: bool = False
+    # ...and TextBoxes' (MhLiao/TextBoxes: every prior doubled half a step lower)
+    textboxes_priors: bool = False
 
 
 class Layer(nn.Module):

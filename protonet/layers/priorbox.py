@@ -5,6 +5,10 @@ Other dialects' options: OpenCV's several cell offsets (offset_h/offset_w), expl
 TensorFlow/Keras prior orders (tf, keras), y,x coordinates (yx_order) and explicit sizes
 (box_width/box_height).
 
+TextBoxes (MhLiao/TextBoxes prior_box_layer.cpp; OpenCV's `additional_y_offset`): every box a
+second time, its centre half a step lower (cell offsets (0.5, 0.5) and (0.5, 1.0)), sizes not
+truncated to int.
+
 FaceBoxes (sfzhang15/FaceBoxes prior_box_layer.cpp; Synopsys Caffe's `faceboxes: true`): the
 min_size box is pixel-inclusive (centre -/+ (size - 1) / 2), and with three min_sizes the 32 box
 is tiled 4 x 4 (centre shifts -16, -8, 0, 8) and the 64 box 2 x 2 (-16, 0) in each cell: 21
@@ -33,6 +37,32 @@ def faceboxes_prior_boxes(net_param):
                 {int(m) for m in p.min_size} & {32, 64}:
             out.append(layer.name)
     return out
+
+
+# The PriorBoxParameter fields of TextBoxes' fork (MhLiao/TextBoxes, an early SSD fork)
+_TEXTBOXES_FIELDS = {"min_size", "max_size", "aspect_ratio", "flip", "clip", "variance"}
+
+
+def textboxes_prior_boxes(net_param):
+    """Names of the PriorBox layers, when every one is of TextBoxes' fork (one min_size, only that
+    fork's fields): a net that fork may have written, which doubles every prior."""
+    out = []
+    for layer in net_param.layer:
+        if layer.type != "PriorBox":
+            continue
+        p = layer.prior_box_param
+        if len(p.min_size) != 1 or len(p.max_size) > 1 or {fd.name for fd, _ in p.ListFields()} - _TEXTBOXES_FIELDS:
+            return []
+        out.append(layer.name)
+    return out
+
+
+# Other forks' prior tilings, tried in order when the SSD fork's priors do not fit a net's heads:
+# (name, fork, the NetContext switch, the PriorBox layers that mark a net of that fork)
+PRIOR_READINGS = (
+    ("FaceBoxes'", "sfzhang15/FaceBoxes", "faceboxes_priors", faceboxes_prior_boxes),
+    ("TextBoxes'", "MhLiao/TextBoxes", "textboxes_priors", textboxes_prior_boxes),
+)
 
 
 @register("PriorBox")
@@ -97,14 +127,16 @@ class PriorBoxLayer(Layer):
             raise ProtonetError(f"{self.where}: must provide min_size")
         if any(m <= 0 for m in p.min_size):
             raise ProtonetError(f"{self.where}: min_size must be positive")
-        min_sizes = [int(_f32(m)) for m in p.min_size]
+        # the SSD fork truncates sizes to int; TextBoxes' fork (a float min_size) does not
+        keep = (lambda v: float(_f32(v))) if self.ctx.textboxes_priors else (lambda v: int(_f32(v)))
+        min_sizes = [keep(m) for m in p.min_size]
         max_sizes = []
         if len(p.max_size) > 0:
             if len(p.max_size) != len(p.min_size):
                 raise ProtonetError(f"{self.where}: max_size must be given once per min_size")
             if not all(mx > mn for mn, mx in zip(p.min_size, p.max_size)):
                 raise ProtonetError(f"{self.where}: max_size must be greater than min_size")
-            max_sizes = [int(_f32(m)) for m in p.max_size]
+            max_sizes = [keep(m) for m in p.max_size]
         ratios = self._aspect_ratios(p)
         sizes = []
         for s, m in enumerate(min_sizes):
@@ -145,9 +177,13 @@ class PriorBoxLayer(Layer):
 
     def _offsets(self, p):
         if len(p.offset_h) or len(p.offset_w):
-            if p.HasField("offset") or len(p.offset_h) != len(p.offset_w):
-                raise ProtonetError(f"{self.where}: give offset_h and offset_w (as many of each), or offset")
+            if p.HasField("offset") or len(p.offset_h) != len(p.offset_w) or p.additional_y_offset:
+                raise ProtonetError(f"{self.where}: give offset_h and offset_w (as many of each), or offset "
+                                    f"(with additional_y_offset)")
             return [(_f32(x), _f32(y)) for x, y in zip(p.offset_w, p.offset_h)]
+        if p.additional_y_offset or self.ctx.textboxes_priors:
+            # TextBoxes: each box again half a step lower (MhLiao/TextBoxes' center_y_offset_1)
+            return [(_f32(p.offset), _f32(p.offset)), (_f32(p.offset), _f32(p.offset + 0.5))]
         return [(_f32(p.offset), _f32(p.offset))]
 
     def _image_and_step(self, p):

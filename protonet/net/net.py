@@ -22,7 +22,7 @@ from protonet.io.dialects import ignored_fields
 from protonet.io.prototxt import read_prototxt
 from protonet.io.upgrade import upgrade_net
 from protonet.layers.base import NetContext, layer_class
-from protonet.layers.priorbox import faceboxes_prior_boxes
+from protonet.layers.priorbox import PRIOR_READINGS
 from protonet.net.filtering import filter_net, parse_phase
 
 log = logging.getLogger("protonet.net")
@@ -91,7 +91,7 @@ class Net(nn.Module):
         try:
             self._build()
         except PriorCountError as ssd_error:
-            self._build_with_faceboxes_priors(ssd_error)
+            self._build_with_other_priors(ssd_error)
         if weights is not None:
             self.load_weights(weights)
 
@@ -175,20 +175,27 @@ class Net(nn.Module):
             self._steps.append(_Step(name, layer, bottoms, tops, detach, is_input))
         self.output_names = sorted(available)
 
-    def _build_with_faceboxes_priors(self, ssd_error):
-        """sfzhang15/FaceBoxes' fork tiles priors its own way (densified 32 and 64 boxes): a net with
-        that fork's prior boxes whose heads do not fit the SSD fork's priors is read with every
-        PriorBox as FaceBoxes'; `ssd_error` is raised (with what FaceBoxes' reading gave) otherwise."""
-        candidates = faceboxes_prior_boxes(self.net_param)
-        if self.ctx.faceboxes_priors or not candidates:
-            raise ssd_error
-        self.ctx = dataclasses.replace(self.ctx, faceboxes_priors=True)
-        try:
-            self._build()
-        except PriorCountError as err:
-            raise PriorCountError(f"{ssd_error}; with FaceBoxes' priors (sfzhang15/FaceBoxes): {err}") from None
-        log.info("the heads fit FaceBoxes' priors (sfzhang15/FaceBoxes), not the SSD fork's: every PriorBox is read "
-                 "as FaceBoxes' (densified: %s)", ", ".join(candidates))
+    def _build_with_other_priors(self, ssd_error):
+        """Forks with their own prior tiling (FaceBoxes', TextBoxes'; PRIOR_READINGS): a net marked as
+        one's whose heads do not fit the SSD fork's priors is read with that fork's priors, the
+        first that fits; `ssd_error` is raised (with what each reading gave) otherwise."""
+        tried = []
+        for name, fork, switch, marked in PRIOR_READINGS:
+            layers = marked(self.net_param)
+            if not layers or getattr(self.ctx, switch):
+                continue
+            base = self.ctx
+            self.ctx = dataclasses.replace(base, **{switch: True})
+            try:
+                self._build()
+            except PriorCountError as err:
+                self.ctx = base
+                tried.append(f"with {name} priors ({fork}): {err}")
+                continue
+            log.info("the heads fit %s priors (%s), not the SSD fork's: every PriorBox is read as that fork's "
+                     "(%s)", name, fork, ", ".join(layers))
+            return
+        raise PriorCountError("; ".join([str(ssd_error)] + tried)) from None
 
     def _layer_key(self, name, index):
         """The key of layer `index` in .layers: its name, or for a second layer of the same name
