@@ -52,13 +52,14 @@ class DetectionOutputLayer(Layer):
         self.background = int(p.background_label_id)
         self.keep_top_k = int(p.keep_top_k)
         self.confidence_threshold = float(p.confidence_threshold) if p.HasField("confidence_threshold") else -FLT_MAX
-        self.nms_threshold = float(p.nms_param.nms_threshold)
+        nms = self._nms_param(p)
+        self.nms_threshold = float(nms.nms_threshold)
         if self.nms_threshold < 0:
             raise ProtonetError(f"{self.where}: nms_threshold must be non negative")
-        self.eta = float(p.nms_param.eta)
+        self.eta = float(nms.eta)
         if not (0 < self.eta <= 1):
             raise ProtonetError(f"{self.where}: eta must be in (0, 1]")
-        self.top_k = int(p.nms_param.top_k) if p.nms_param.HasField("top_k") else -1
+        self.top_k = int(nms.top_k) if nms.HasField("top_k") else -1
         self.objectness_score = float(p.objectness_score)
         heads = self.heads.shapes if self.heads else self.bottom_shapes
         arm_conf_s, arm_loc_s = (heads[3:] + [None, None])[:2]
@@ -72,6 +73,17 @@ class DetectionOutputLayer(Layer):
                                 f"CENTER_SIZE and without clip (OpenCV clips pixel boxes to a fourth image bottom)")
         self._setup_saving(p.save_output_param)
         self.top_shapes = [(1, 1, 1, 7)]
+
+    def _nms_param(self, p):
+        """nms_param, or OpenCV's early flat nms_threshold/top_k (its samples of 2016-17)."""
+        if not (p.HasField("nms_threshold") or p.HasField("top_k")):
+            return p.nms_param
+        if p.HasField("nms_param"):
+            raise ProtonetError(f"{self.where}: give nms_param or OpenCV's nms_threshold/top_k, not both")
+        nms = caffe_pb2.NonMaximumSuppressionParameter(nms_threshold=p.nms_threshold)
+        if p.HasField("top_k"):
+            nms.top_k = p.top_k
+        return nms
 
     # -- result files ---------------------------------------------------------------------
     def _setup_saving(self, sp):
