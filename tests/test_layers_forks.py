@@ -325,3 +325,16 @@ def test_chuanqi305_tf_pad_valid_and_refusals():
         build(text.replace("tf_pad: VALID", "tf_pad: SAME pad_type: 1"), x.shape)
     with pytest.raises(ProtonetError, match="2-D convolution only"):
         build(text.replace("Convolution", "Deconvolution", 1), x.shape)
+
+
+def test_mish_matches_opencv_and_its_derivative(tmp_path):
+    """mish_layer.cpp (darknet2caffe, Synopsys Caffe): x * tanh(softplus(x))."""
+    text = 'name: "m" type: "Mish" bottom: "x" top: "y"'
+    x = rand(2, 3, 4, 5, scale=4)
+    dy = rand(*x.shape)
+    y, (dx,) = run(build(text, x.shape), x, grad_out=dy)
+    close(y, opencv(tmp_path, text, {"x": x}))
+    xd = x.astype(np.float64)
+    sp = np.log1p(np.exp(xd))
+    t = np.tanh(sp)
+    close(dx, (dy * (t + xd * (1 - t * t) / (1 + np.exp(-xd)))).astype(F32))

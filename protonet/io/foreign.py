@@ -100,7 +100,7 @@ _TYPES = {
     "Intel Caffe": ("BoxAnnotatorOHEM BoxData EvalDetection MKLBatchNorm MnActivation PSROIPooling ROIPooling "
                     "SmoothL1LossOHEM SoftmaxWithLossOHEM SpatialDropout"),
     "Synopsys Caffe": ("Add BroadcastTo Ceil CropAndResize DepthToSpace Div Floor Gather HardSigmoid HardSwish LogSoftmax "
-                       "MatMul Mean Mish Mul Pad Pow ResizeNearestNeighbor SSDDecoder SSDSort Shape "
+                       "MatMul Mean Mul Pad Pow ResizeNearestNeighbor SSDDecoder SSDSort Shape "
                        "SpaceToDepth Squeeze StridedSlice Sub"),
     "the YOLO/SSD forks (eric612)": ("AssistedExcitation GaussianYolov3 LaneData Reorg RegionLoss SegmentationEvaluate "
                                      "YoloDetectionOutput YoloSeg Yolov3 Yolov3DetectionOutput"),

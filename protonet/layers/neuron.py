@@ -241,3 +241,14 @@ class SwishLayer(_Neuron):
 
     def forward(self, x):
         return x * torch.sigmoid(x * self.beta if self.beta != 1 else x)
+
+
+@register("Mish")
+class MishLayer(_Neuron):
+    """Mish of the YOLOv4 ports (ChenYingpeng/darknet2caffe mish_layer.cpp, also Synopsys Caffe):
+    x * tanh(softplus(x)); its gradient is the derivative."""
+
+    dialect = "layer ports"
+
+    def forward(self, x):
+        return x * torch.tanh(F.softplus(x))
