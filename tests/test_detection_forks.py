@@ -22,11 +22,11 @@ layer { name: "f2" type: "Convolution" bottom: "f1" top: "f2" convolution_param 
 layer { name: "f1_loc" type: "Convolution" bottom: "f1" top: "f1_loc" convolution_param { num_output: 12 kernel_size: 1
         weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "f1_conf" type: "Convolution" bottom: "f1" top: "f1_conf" convolution_param { num_output: 9 kernel_size: 1
-        weight_filler { type: "gaussian" std: 0.5 } } }
+        weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "f2_loc" type: "Convolution" bottom: "f2" top: "f2_loc" convolution_param { num_output: 16 kernel_size: 1
         weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "f2_conf" type: "Convolution" bottom: "f2" top: "f2_conf" convolution_param { num_output: 12 kernel_size: 1
-        weight_filler { type: "gaussian" std: 0.5 } } }
+        weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "f1_prior" type: "PriorBox" bottom: "f1" bottom: "data" top: "f1_prior"
         prior_box_param { min_size: 8 aspect_ratio: 2 flip: true variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }
 layer { name: "f2_prior" type: "PriorBox" bottom: "f2" bottom: "data" top: "f2_prior"
@@ -34,7 +34,7 @@ layer { name: "f2_prior" type: "PriorBox" bottom: "f2" bottom: "data" top: "f2_p
         variance: 0.2 } }
 layer { name: "priors" type: "Concat" bottom: "f1_prior" bottom: "f2_prior" top: "priors" concat_param { axis: 2 } }
 """
-OUTPUT = ('detection_output_param {{ num_classes: 3 nms_param {{ nms_threshold: 0.45 top_k: 100 }} code_type: CENTER_SIZE '
+OUTPUT = ('detection_output_param {{ num_classes: 3 share_location: true background_label_id: 0 nms_param {{ nms_threshold: 0.45 top_k: 100 }} code_type: CENTER_SIZE '
           'keep_top_k: 50 confidence_threshold: 0.01 {extra} }} }}')
 
 
@@ -321,3 +321,25 @@ def test_opencv_normalize_bbox_param_is_norm_param(tmp_path):
         ours = layer(torch.from_numpy(x)).numpy()
     theirs = opencv(tmp_path, text.format("norm_param"), {"x": x}, [layer.blobs[0].detach().numpy()])
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
+
+
+def test_opencv_image_bottom_of_detection_output(tmp_path):
+    """OpenCV's DetectionOutput takes the input image as an optional fourth bottom (for pixel boxes
+    only); not RefineDet's arm_conf (N x P*2), so it is not read: the same detections as without
+    it, in protonet as in OpenCV."""
+    cv2 = pytest.importorskip("cv2")
+    from protonet.io.prototxt import write_prototxt
+
+    def opencv_detections(net):
+        write_prototxt(net.net_param, tmp_path / "d.prototxt")
+        net.save_weights(tmp_path / "w.caffemodel")
+        cv = cv2.dnn.readNetFromCaffe(str(tmp_path / "d.prototxt"), str(tmp_path / "w.caffemodel"))
+        cv.setInput(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).numpy(), "data")
+        return cv.forward("det")
+
+    three, want = detections(ssd_heads())
+    text = ssd_heads().replace('bottom: "priors" top: "det"', 'bottom: "priors" bottom: "data" top: "det"')
+    net, got = detections(text, weights_from=three)
+    assert net.layers["det"].image_bottom
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(opencv_detections(net), opencv_detections(three))

@@ -1,6 +1,7 @@
 """DetectionOutput (SSD fork, RefineDet's 5-bottom variant): decode, per-class NMS, keep_top_k,
 and the fork's result files (save_output_param, written by protonet.eval.writers)."""
 import logging
+import math
 import os
 
 import numpy as np
@@ -62,6 +63,13 @@ class DetectionOutputLayer(Layer):
         self.top_k = int(nms.top_k) if nms.HasField("top_k") else -1
         self.objectness_score = float(p.objectness_score)
         heads = self.heads.shapes if self.heads else self.bottom_shapes
+        # OpenCV's fourth bottom: the input image (its size only serves pixel boxes), not RefineDet's
+        # arm_conf (N x P*2)
+        self.image_bottom = len(heads) == 4 and len(heads[3]) == 4 and \
+            math.prod(heads[3][1:]) != 2 * box.check_head_shapes(self.where, *heads[:3], self.loc_classes,
+                                                                 self.num_classes)
+        if self.image_bottom:
+            heads = heads[:3]
         arm_conf_s, arm_loc_s = (heads[3:] + [None, None])[:2]
         self.num_priors = box.check_head_shapes(self.where, *heads[:3], self.loc_classes,
                                                 self.num_classes, arm_conf_s, arm_loc_s)
@@ -173,6 +181,8 @@ class DetectionOutputLayer(Layer):
     def forward(self, *bottoms):
         if self.heads is not None:
             bottoms = self.heads.gather(bottoms)
+        elif self.image_bottom:
+            bottoms = bottoms[:3]
         loc, conf, prior, arm_conf, arm_loc = (list(bottoms) + [None, None])[:5]
         with torch.no_grad():
             out = self.detect(loc, conf, prior, arm_conf, arm_loc)
