@@ -240,3 +240,11 @@ class NormalizeLayer(Layer):
         if scale.dtype != x.dtype:
             scale = scale.to(x.dtype)
         return _CaffeNormalize.apply(x, scale, self.across_spatial, self.eps)
+
+
+@register("NormalizeBBox")
+class NormalizeBBoxLayer(NormalizeLayer):
+    """OpenCV's early name of the SSD fork's Normalize (its 2016-17 samples, with
+    normalize_bbox_param or norm_param): the same layer."""
+
+    dialect = "OpenCV"
