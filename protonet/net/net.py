@@ -21,6 +21,7 @@ from protonet.io.prototxt import read_prototxt
 from protonet.io.upgrade import upgrade_net
 from protonet.layers.base import NetContext, layer_class
 from protonet.net.filtering import filter_net, parse_phase
+from protonet.net.inference import InferenceOptions, InferencePlan, check_precision
 
 log = logging.getLogger("protonet.net")
 
@@ -54,6 +55,10 @@ class Net(nn.Module):
     lr_mult 0 as in Caffe), .blob_shapes, .input_names, .output_names, .loss_weights;
     forward(**inputs) -> dict of every named blob; loss(blobs); load_weights; save_weights;
     to_proto; share_weights_from.
+
+    With gradients off the forward pass runs in inference mode (protonet/net/inference.py:
+    BatchNorm/Scale folded into convolutions, ReLU fused, weights pre-packed, channels-last on the
+    CPU, priors cached; same blobs within 1e-4); set_inference() chooses its precision or turns it off.
     """
 
     def __init__(self, net, phase=None, stages=(), level=0, weights=None, ctx=None):
@@ -90,6 +95,8 @@ class Net(nn.Module):
         self._owners = []          # (layer name, blob index, lr_mult, decay_mult) per owned blob, Caffe order
         self._modules_list = nn.ModuleList()
         self._build()
+        self._inference = InferenceOptions()
+        self._plan = None
         if weights is not None:
             self.load_weights(weights)
 
@@ -235,6 +242,33 @@ class Net(nn.Module):
         return [f"{ln}/{i}" for ln, i, _, _ in self._owners]
 
     # ------------------------------------------------------------------ running
+    def set_inference(self, enabled=True, precision="fp32", channels_last=None, fuse=True):
+        """How forward runs with gradients off: inference mode (default, float32) or, with
+        enabled=False, layer by layer as with gradients. precision "bf16" needs a CPU with native
+        bfloat16 (or a GPU); channels_last None picks it on the CPU."""
+        if enabled:
+            check_precision(precision, self._device_probe.device)
+            self._inference = InferenceOptions(precision, channels_last, fuse)
+        else:
+            self._inference = None
+        self._plan = None
+
+    def weights_changed(self):
+        """Drop the packed inference weights. Needed only after writes that bypass a tensor's version
+        counter (through `.data`, numpy views or collectives); in-place torch ops are seen."""
+        self._plan = None
+
+    def _inference_plan(self):
+        if self._inference is None or torch.is_grad_enabled():
+            return None
+        device_type = self._device_probe.device.type
+        if (torch.is_autocast_enabled(device_type) or torch.jit.is_tracing() or torch.jit.is_scripting()
+                or torch.compiler.is_compiling()):
+            return None
+        if self._plan is None or self._plan.stale():
+            self._plan = InferencePlan(self, self._inference)
+        return self._plan
+
     def forward(self, **inputs):
         device = self._device_probe.device
         dtype = self._device_probe.dtype
@@ -243,6 +277,9 @@ class Net(nn.Module):
             if key not in self.input_names and key not in data_tops:
                 raise ProtonetError(f"net {self.name or '?'}: '{key}' is not an input blob "
                                     f"(inputs: {', '.join(self.input_names) or 'none'})")
+        plan = self._inference_plan()
+        if plan is not None:
+            return plan.run(inputs, device, dtype)
         blobs = OrderedDict()
         for step in self._steps:
             if step.is_input or (getattr(step.layer, "is_data", False) and all(t in inputs for t in step.tops)):
