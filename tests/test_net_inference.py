@@ -170,3 +170,31 @@ def test_bf16_refused_without_cpu_support(monkeypatch):
         net.set_inference(precision="bf16")
     with pytest.raises(ProtonetError, match="precision must be one of"):
         net.set_inference(precision="fp8")
+
+
+def test_time_command_in_inference_mode(fixtures):
+    import subprocess
+    import sys
+
+    model = fixtures / "net" / "tiny_ssd_deploy.prototxt"
+    proc = subprocess.run([sys.executable, "-m", "protonet", "time", "--model", str(model), "--iterations", "2",
+                           "--precision", "fp32"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "inference mode, fp32" in proc.stderr + proc.stdout
+    assert "Average Forward pass" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("kernel,stride,pad,size", [(2, 2, 0, 75), (3, 1, 1, 19), (3, 2, 0, 20), (3, 2, 1, 9),
+                                                   (2, 2, 1, 7), (1, 1, 0, 5)])
+def test_max_pooling_without_indices_is_caffes(kernel, stride, pad, size):
+    from protonet.layers.base import NetContext
+    from protonet.layers.vision import PoolingLayer
+    from protonet.net.fusion import max_pool_windows
+
+    param = parse_prototxt(f'name: "p" type: "Pooling" pooling_param {{ pool: MAX kernel_size: {kernel} '
+                           f'stride: {stride} pad: {pad} }}', caffe_pb2.LayerParameter(), "pool")
+    layer = PoolingLayer(param, [(2, 5, size, size + 1)], NetContext())
+    x = torch.randn(2, 5, size, size + 1)
+    for t in (x, x.contiguous(memory_format=torch.channels_last)):
+        with torch.no_grad():
+            assert torch.equal(max_pool_windows(layer, t), layer(x))

@@ -149,7 +149,7 @@ class CocoCollector:
 
 
 def evaluate(model, weights=None, iterations=None, ap_version="11point", labelmap=None, coco_gt=None,
-             device="cpu", progress=None, echo=print):
+             device="cpu", progress=None, echo=print, precision="fp32"):
     """Run the test net; returns {'map': mAP, 'ap': {label: AP}, 'names': {...}, 'coco': stats or None}."""
     import torch
 
@@ -164,6 +164,7 @@ def evaluate(model, weights=None, iterations=None, ap_version="11point", labelma
     net = Net(model, phase="TEST", weights=weights)
     net.eval()
     net.to(device)
+    net.set_inference(precision=precision)
     evaluators = [layer.param.top[0] for layer in _layers_of_type(net, "DetectionEvaluate")]
     if not evaluators and coco_gt is None:
         raise ProtonetError(f"{model}: no DetectionEvaluate layer: not a detection test net (see --coco-gt)")
@@ -207,7 +208,9 @@ def evaluate(model, weights=None, iterations=None, ap_version="11point", labelma
 @click.option("--labelmap", default=None, help="LabelMap for class names (default: the data layer's)")
 @click.option("--coco-gt", default=None, help="COCO instances JSON: score with pycocotools' COCOeval too")
 @click.option("--gpu", default=None, help="CUDA device id (default: CPU)")
-def eval_command(model, weights, iterations, ap_version, labelmap, coco_gt, gpu):
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
+              help="inference precision (bf16 needs a CPU with native bfloat16 or a GPU)")
+def eval_command(model, weights, iterations, ap_version, labelmap, coco_gt, gpu, precision):
     """Evaluate a detection test net: VOC AP per class and mAP, or COCO's summary."""
     from protonet.tools.detect import device_for
 
@@ -218,7 +221,8 @@ def eval_command(model, weights, iterations, ap_version, labelmap, coco_gt, gpu)
         with click.progressbar(steps, label="eval", file=err, show_pos=True) as bar:
             yield from bar
 
-    result = evaluate(model, weights, iterations, ap_version, labelmap, coco_gt, device, progress, click.echo)
+    result = evaluate(model, weights, iterations, ap_version, labelmap, coco_gt, device, progress, click.echo,
+                      precision)
     names = result["names"]
     click.echo(f"Evaluated {result['iterations']} batches of {model}" + (f" with {weights}" if weights else ""))
     if result["map"] is not None:

@@ -139,4 +139,31 @@ class FusedConvolution:
 
 
 def is_max_pooling(layer):
-    return layer.param.type == "Pooling" and layer.method == caffe_pb2.PoolingParameter.MAX
+    return (layer.param.type == "Pooling" and layer.method == caffe_pb2.PoolingParameter.MAX
+            and not layer.global_pooling)
+
+
+_NEG_FLT_MAX = float(torch.finfo(torch.float32).min)
+
+
+def max_pool_windows(layer, x):
+    """Caffe's MAX pooling as the element-wise maximum of the kernel's strided views: no argmax
+    indices (torch's CPU max_pool2d computes them even without gradients), vectorised over the
+    channels of a channels-last tensor, -FLT_MAX padding as in Caffe."""
+    (kh, kw), (sh, sw), (ph, pw) = layer.kernel, layer.stride, layer.pad
+    H, W = x.shape[-2:]
+    oh, ow = layer._out_hw(H, W)
+    need_h, need_w = (oh - 1) * sh + kh, (ow - 1) * sw + kw
+    if ph or pw or need_h > H + ph or need_w > W + pw:
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        lowest = max(_NEG_FLT_MAX, torch.finfo(x.dtype).min)   # bfloat16 cannot hold -FLT_MAX
+        padded = torch.empty((x.shape[0], x.shape[1], max(need_h, H + ph), max(need_w, W + pw)), dtype=x.dtype,
+                             device=x.device, memory_format=fmt).fill_(lowest)
+        padded[:, :, ph:ph + H, pw:pw + W] = x
+        x = padded
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            view = x[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+            out = view if out is None else torch.maximum(out, view)
+    return out.clone() if kh * kw == 1 else out

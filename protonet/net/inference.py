@@ -7,6 +7,7 @@ layer's semantics and the blob names of the net; it changes how the work is done
 - Convolution followed in place by BatchNorm (global statistics), Scale and ReLU becomes one
   oneDNN convolution with folded weights and the ReLU as a post-op (`protonet.net.fusion`); the
   weights are folded and pre-packed once and re-packed only when a source blob changes.
+- MAX pooling is the maximum of the kernel's strided views: no argmax indices.
 - On the CPU activations stay channels-last from the first convolution on (oneDNN's fast
   layout; pooling is vectorised over channels, and the heads' Permute to N,H,W,C costs nothing).
   Layers that are not known to accept any memory layout get contiguous inputs.
@@ -26,7 +27,7 @@ import torch
 
 from protonet.errors import ProtonetError
 from protonet.net.fusion import (FusedConvolution, bf16_supported, can_fold_batchnorm, can_fold_scale,
-                                 can_fuse_conv, can_fuse_relu)
+                                 can_fuse_conv, can_fuse_relu, is_max_pooling, max_pool_windows)
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -64,7 +65,7 @@ def check_precision(precision, device):
 
 @dataclasses.dataclass
 class _Op:
-    kind: str              # "feed" (input/data blobs), "fused", "layer"
+    kind: str              # "feed" (input/data blobs), "fused", "maxpool", "layer"
     step: object           # the net's _Step (first layer of a fused group)
     fn: object = None      # FusedConvolution for "fused"
     constant: bool = False
@@ -104,6 +105,10 @@ class InferencePlan:
                 group, i = self._conv_group(steps, i)
                 dtype = self.low or torch.float32
                 ops.append(_Op("fused", step, FusedConvolution(*group, dtype=dtype)))
+                continue
+            if is_max_pooling(step.layer) and len(step.bottoms) == 1:
+                ops.append(_Op("maxpool", step))
+                i += 1
                 continue
             kind = step.layer.param.type
             constant = kind in _SHAPE_ONLY or (kind in _PURE and step.bottoms and
@@ -150,6 +155,9 @@ class InferencePlan:
                 if channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 blobs[step.tops[0]] = op.fn(x)
+                continue
+            if op.kind == "maxpool":
+                blobs[step.tops[0]] = max_pool_windows(step.layer, blobs[step.bottoms[0]])
                 continue
             if op.constant:
                 self._run_constant(index, op, blobs, serials)

@@ -144,19 +144,20 @@ def _device(gpu):
 @_opt("ap_version", default="11point", type=click.Choice(["11point", "MaxIntegral", "Integral"]),
       help="AP computation for DetectionEvaluate outputs.")
 @_opt("show_per_class_result", is_flag=True, default=False, help="Print the AP of every class.")
+@_opt("precision", default="fp32", type=click.Choice(["fp32", "bf16"]), help="Inference precision of the forward passes (bf16 needs a CPU with native bfloat16 or a GPU).")
 @_opt("allow_python_layers", is_flag=True, default=False,
       help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @_opt("log", "log_file", default=None, help="Also append the log to this file.")
-def test_command(model, weights, iterations, gpu, level, stage, ap_version, show_per_class_result,
+def test_command(model, weights, iterations, gpu, level, stage, ap_version, show_per_class_result, precision,
                  allow_python_layers, log_file):
     """Score a model (caffe test); nets ending in DetectionEvaluate print their mAP."""
     with _logging(log_file):
         run_test(model, weights, iterations, gpu, level, _stages(stage), ap_version, show_per_class_result,
-                 allow_python_layers)
+                 allow_python_layers, precision)
 
 
 def run_test(model, weights, iterations, gpu="", level=0, stages=(), ap_version="11point", per_class=False,
-             allow_python_layers=False):
+             allow_python_layers=False, precision="fp32"):
     """Caffe's test(): mean of every output over `iterations` batches; mAP for detection outputs.
     Returns {output name: mean values or (mAP, {label: AP})}."""
     from protonet.eval.voc import DetectionAccumulator
@@ -169,6 +170,7 @@ def run_test(model, weights, iterations, gpu="", level=0, stages=(), ap_version=
     net.to(device)
     net.load_weights(weights)
     net.eval()
+    net.set_inference(precision=precision)
     log.info("Running for %d iterations.", iterations)
     detection_outputs = set()
     for name in net.output_names:
@@ -226,13 +228,53 @@ def run_test(model, weights, iterations, gpu="", level=0, stages=(), ap_version=
 @_opt("weights", default="", help="Optional weights to load first.")
 @_opt("amp", type=click.Choice(["bf16", "fp16"]), default=None, help="Autocast the forward passes.")
 @_opt("channels_last", is_flag=True, default=False, help="Channels-last memory format for 4-D weights.")
+@_opt("precision", default=None, type=click.Choice(["fp32", "bf16"]),
+      help="Time the forward pass alone in inference mode at this precision (no backward).")
 @_opt("allow_python_layers", is_flag=True, default=False,
       help="Run the prototxt's Python layers (they execute code the prototxt names).")
-def time_command(model, iterations, gpu, phase, level, stage, weights, amp, channels_last, allow_python_layers):
+def time_command(model, iterations, gpu, phase, level, stage, weights, amp, channels_last, precision,
+                 allow_python_layers):
     """Benchmark a model's forward and backward passes (caffe time)."""
     with _logging():
+        if precision:
+            run_time_inference(model, iterations, gpu, phase or "TEST", level, _stages(stage), weights, precision,
+                               allow_python_layers)
+            return
         run_time(model, iterations, gpu, phase or "TRAIN", level, _stages(stage), weights, amp, channels_last,
                  allow_python_layers)
+
+
+def run_time_inference(model, iterations, gpu="", phase="TEST", level=0, stages=(), weights="", precision="fp32",
+                       allow_python_layers=False):
+    """The forward pass in inference mode (folded, fused, packed; protonet/net/inference.py), timed."""
+    from protonet.layers.base import NetContext
+    from protonet.net.net import Net
+
+    device = _device(gpu)
+    net = Net(model, phase=phase, stages=stages, level=level,
+              ctx=NetContext(phase=0 if phase == "TRAIN" else 1, allow_python_layers=allow_python_layers))
+    net.to(device)
+    if weights:
+        net.load_weights(weights)
+    net.set_inference(precision=precision)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    inputs = {name: torch.zeros(net.blob_shapes[name], device=device) for name in net.input_names}
+    with torch.inference_mode():
+        net(**inputs)
+        log.info("*** Benchmark begins *** (inference mode, %s)", precision)
+        times = []
+        for j in range(iterations):
+            sync()
+            t0 = time.perf_counter()
+            net(**inputs)
+            sync()
+            times.append((time.perf_counter() - t0) * 1000)
+            log.info("Iteration: %d forward time: %s ms.", j + 1, format_float(times[-1]))
+    n = max(iterations, 1)
+    log.info("Average Forward pass: %s ms.", format_float(sum(times) / n))
+    log.info("Median Forward pass: %s ms.", format_float(sorted(times)[len(times) // 2] if times else 0.0))
+    log.info("*** Benchmark ends ***")
+    return {"forward_ms": sum(times) / n, "fused": net._plan.fused_groups if net._plan else []}
 
 
 def run_time(model, iterations, gpu="", phase="TRAIN", level=0, stages=(), weights="", amp=None,

@@ -199,7 +199,8 @@ def draw(image, detections, names):
 class Detector:
     """A deploy net plus its test transform: `detect(image)` gives detections in image pixels."""
 
-    def __init__(self, model, weights, device="cpu", mean=None, scale=None, resize=None, labelmap=None):
+    def __init__(self, model, weights, device="cpu", mean=None, scale=None, resize=None, labelmap=None,
+                 precision="fp32"):
         import torch
 
         from protonet.data.records import Sample
@@ -213,6 +214,7 @@ class Detector:
         self.net = Net(model, phase="TEST", weights=weights)
         self.net.eval()
         self.net.to(device)
+        self.net.set_inference(precision=precision)
         self.device = device
         if len(self.net.input_names) != 1:
             raise ProtonetError(f"{model}: detect needs a deploy net with one input blob, "
@@ -278,10 +280,11 @@ class Detector:
 
 
 def run_detect(model, weights, inputs, out_dir, labelmap=None, threshold=0.5, device="cpu", mean=None,
-               scale=None, resize=None, progress=None, log=None):
+               scale=None, resize=None, progress=None, log=None, precision="fp32"):
     """Detect on every image of `inputs`; writes the drawn images and detections.jsonl. Returns the records."""
     images = collect_images(inputs)
-    detector = Detector(model, weights, device=device, mean=mean, scale=scale, resize=resize, labelmap=labelmap)
+    detector = Detector(model, weights, device=device, mean=mean, scale=scale, resize=resize, labelmap=labelmap,
+                        precision=precision)
     if log:
         log(f"detect: transform from {detector.transform_source}: "
             f"{' '.join(str(detector.transform_param).split())}")
@@ -335,8 +338,10 @@ def device_for(gpu):
 @click.option("--scale", type=float, default=None, help="pixel scale after the mean (overrides the model's)")
 @click.option("--resize", default=None, help="WxH the image is warped to (overrides the model's)")
 @click.option("--out", "out_dir", required=True, help="directory for the drawn images and detections.jsonl")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
+              help="inference precision (bf16 needs a CPU with native bfloat16 or a GPU)")
 @click.argument("inputs", nargs=-1, required=True)
-def detect_command(model, weights, labelmap, threshold, gpu, mean, scale, resize, out_dir, inputs):
+def detect_command(model, weights, labelmap, threshold, gpu, mean, scale, resize, out_dir, precision, inputs):
     """Run a detection net on IMAGES_OR_DIRS; draw the boxes and write detections.jsonl."""
     mean_values = _floats(mean, "--mean") if mean else None
     size = tuple(int(v) for v in _floats(resize, "--resize", 2)) if resize else None
@@ -349,6 +354,6 @@ def detect_command(model, weights, labelmap, threshold, gpu, mean, scale, resize
 
     images, records = run_detect(model, weights, inputs, out_dir, labelmap=labelmap, threshold=threshold,
                                  device=device_for(gpu), mean=mean_values, scale=scale, resize=size,
-                                 progress=progress, log=click.echo)
+                                 progress=progress, log=click.echo, precision=precision)
     click.echo(f"detect: {len(images)} image(s), {len(records)} detection(s) with score >= {threshold}; "
                f"drawn images and detections.jsonl in {os.path.abspath(out_dir)}")
