@@ -84,16 +84,16 @@ def variants(param, net, image):
     return out
 
 
-def measure(fns, repeat, warmup=2):
+def measure(fns, repeat, warmup=2, clock=time.perf_counter):
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {k: [] for k in fns}
     for _ in range(repeat):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[k].append((time.perf_counter() - t0) * 1000.0)
+            times[k].append((clock() - t0) * 1000.0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -103,6 +103,8 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2, help="threads for both libraries (0: defaults)")
     ap.add_argument("--markdown", action="store_true", help="print the README table rows")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="count this process's CPU time, not wall time (a shared machine; use --threads 1)")
     args = ap.parse_args(argv)
     import cv2
 
@@ -113,7 +115,7 @@ def main(argv=None):
         cv2.setNumThreads(args.threads)
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), opencv {cv2.__version__} "
           f"({cv2.getNumThreads()} threads), bf16 {'native' if bf16_supported() else 'not supported on this CPU'}; "
-          f"medians of {args.repeat}, interleaved")
+          f"medians of {args.repeat}, interleaved, {'process CPU' if args.cpu_time else 'wall'} time")
     rows = []
     for key in args.models.split(","):
         param, net = build(MODELS[key])
@@ -121,7 +123,7 @@ def main(argv=None):
                                  .astype(np.float32))
         fns = variants(param, net, image)
         counts = {k: fn().shape[0] for k, fn in fns.items()}
-        med = measure(fns, args.repeat)
+        med = measure(fns, args.repeat, clock=time.process_time if args.cpu_time else time.perf_counter)
         base = med["opencv"]
         print(f"{key}: detections {counts}")
         for k, ms in med.items():

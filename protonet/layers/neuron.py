@@ -28,6 +28,13 @@ class ReLULayer(_Neuron):
             return torch.relu(x)
         return F.leaky_relu(x, self.slope)
 
+    def forward_in_place(self, x):
+        """The same values written over x (the net calls this for Caffe's in-place ReLU when x's
+        producer does not need x for its backward)."""
+        if self.slope == 0:
+            return torch.relu_(x)
+        return F.leaky_relu_(x, self.slope)
+
 
 @register("PReLU")
 class PReLULayer(_Neuron):

@@ -40,6 +40,7 @@ class _Step:
     tops: list
     detach: list      # per bottom: propagate_down is false
     is_input: bool
+    overwrite: bool = False   # an in-place ReLU that may overwrite its bottom's storage (see _overwrites)
 
 
 class Net(nn.Module):
@@ -172,7 +173,20 @@ class Net(nn.Module):
             self.layers[name] = layer
             self._modules_list.append(layer)
             self._steps.append(_Step(name, layer, bottoms, tops, detach, is_input))
+            self._steps[-1].overwrite = self._overwrites(self._steps[-1])
         self.output_names = sorted(available)
+
+    # Producers whose backward does not read their own output: an in-place ReLU right after them
+    # may overwrite that output, as Caffe does, and save a tensor per ReLU (autograd would refuse
+    # at backward, never compute wrong gradients, if this list were wrong).
+    _OVERWRITABLE = {"Convolution", "Deconvolution", "InnerProduct", "Eltwise", "BatchNorm", "Scale", "Bias"}
+
+    def _overwrites(self, step):
+        if step.layer.param.type != "ReLU" or step.bottoms != step.tops or len(self._steps) < 2 or any(step.detach):
+            return False
+        before = self._steps[-2]
+        return (before.layer.param.type in self._OVERWRITABLE and not before.is_input
+                and step.bottoms[0] in before.tops)
 
     def _attach_params(self, layer, lparam, shared):
         blobs = layer.blobs
@@ -292,7 +306,7 @@ class Net(nn.Module):
             for b, cut in zip(step.bottoms, step.detach):
                 x = blobs[b]
                 args.append(x.detach() if cut else x)
-            out = step.layer(*args)
+            out = step.layer.forward_in_place(*args) if step.overwrite else step.layer(*args)
             if out is None:
                 out = ()
             elif isinstance(out, torch.Tensor):
