@@ -100,13 +100,14 @@ class BatchMaker(torch.utils.data.Dataset):
                     if len(corrupt) > len(self.shard):
                         raise ProtonetError(f"layer {self.name}: no record decodes") from None
             data, out = self.process(sample, rng)
-            if self.same_shape and datas and data.shape != datas[0].shape:
+            if self.same_shape and datas and isinstance(data, np.ndarray) and data.shape != datas[0].shape:
                 raise ProtonetError(f"layer {self.name}: record {sample.key} gives shape "
                                     f"{data.shape}, the batch has {datas[0].shape}; give a "
                                     f"resize_param or crop_size, or use batch_size 1")
             datas.append(data)
             samples.append(out)
-        data = torch.from_numpy(np.stack(datas))
+        # Deferred pixels (protonet.data.device_transform) travel as a list: the device finishes them.
+        data = datas if not isinstance(datas[0], np.ndarray) else torch.from_numpy(np.stack(datas))
         label = self.labels(samples)
         label = None if label is None else torch.from_numpy(np.ascontiguousarray(label))
         return data, label, corrupt
@@ -172,3 +173,44 @@ class Prefetcher:
         state = dict(self.__dict__)
         state["_it"] = None
         return state
+
+
+class DeviceFeeder:
+    """Batches of a Prefetcher on a device. On CUDA the next batch's copy (from pinned memory,
+    non-blocking, on a side stream) is issued as soon as the current one is handed out, so it
+    overlaps the step that uses the current one; elsewhere batches are moved when asked for."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self._ahead = None     # (device, stream, data, label) already on its way
+
+    def reset(self):
+        self._ahead = None
+
+    def _send(self, device):
+        data, label = next(self.batches)
+        if device.type != "cuda":
+            return (device, None, _to(data, device), _to(label, device))
+        stream = torch.cuda.Stream(device)
+        with torch.cuda.stream(stream):
+            return (device, stream, _to(data, device), _to(label, device))
+
+    def next(self, device):
+        ahead = self._ahead if self._ahead is not None and self._ahead[0] == device else self._send(device)
+        _, stream, data, label = ahead
+        if stream is not None:
+            current = torch.cuda.current_stream(device)
+            current.wait_stream(stream)
+            for t in (data if isinstance(data, list) else [data]) + [label]:
+                if isinstance(t, torch.Tensor):
+                    t.record_stream(current)
+            self._ahead = self._send(device)
+        else:
+            self._ahead = None
+        return data, label
+
+
+def _to(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    return value

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from protonet import caffe_pb2
-from protonet.data.loader import BatchMaker, LmdbSource, Prefetcher
+from protonet.data.device_transform import check_supported, deferred_sample, device_batch
+from protonet.data.loader import BatchMaker, DeviceFeeder, LmdbSource, Prefetcher
 from protonet.data.records import CorruptRecord, LmdbReader, Sample, first_good_record
 from protonet.data.transform import AnnotatedPipeline, Transformer, label_rows
 from protonet.errors import ProtonetError
@@ -54,14 +55,18 @@ class _Transform:
 
 
 class _Annotated:
-    """Picklable process(sample, rng) for AnnotatedDatum records."""
+    """Picklable process(sample, rng) for AnnotatedDatum records; on_device: hand the pixels over
+    with their draws (protonet.data.device_transform) instead of finishing them here."""
 
-    def __init__(self, pipeline, annotated):
+    def __init__(self, pipeline, annotated, on_device=False):
         self.pipeline = pipeline
         self.annotated = annotated
+        self.on_device = on_device
 
     def __call__(self, sample, rng):
         sample.annotated = self.annotated
+        if self.on_device and self.pipeline.t.random:
+            return deferred_sample(self.pipeline, sample, rng)
         return self.pipeline(sample, rng)
 
 
@@ -100,6 +105,7 @@ class _PipelineLayer(Layer):
                            same_shape=not (rp.resize_mode == R.FIT_SMALL_SIZE))
         self.batches = Prefetcher(maker, workers=ctx.data_workers,
                                   prefetch=self.param.data_param.prefetch or 4)
+        self._feeder = DeviceFeeder(self.batches)
         self.register_buffer("_device", torch.zeros(0), persistent=False)
 
     @property
@@ -110,16 +116,20 @@ class _PipelineLayer(Layer):
     def skip_batches(self, n):
         """Continue n batches further on (a resumed solver reads on where its snapshot left off);
         batches are a function of their number, so this is exact and costs nothing."""
+        self._feeder.reset()
         self.batches.close()
         self.batches.next_batch += int(n)
 
+    _device_transform = None   # (height, width, mean values, scale) when the device finishes the pixels
+
     def forward(self):
-        data, label = next(self.batches)
         device = self._device.device
-        data = data.to(device, non_blocking=True)
+        data, label = self._feeder.next(device)
+        if self._device_transform is not None and isinstance(data, list):
+            data = device_batch(data, *self._device_transform, device)
         if self.n_tops == 1:
             return data
-        return data, label.to(device, non_blocking=True)
+        return data, label
 
 
 def _open_lmdb(layer, ctx):
@@ -163,13 +173,18 @@ class AnnotatedData(_PipelineLayer):
         if adp.HasField("anno_type") and adp.anno_type != caffe_pb2.AnnotatedDatum.BBOX:
             raise ProtonetError(f"layer {self.name}: unknown anno_type {adp.anno_type}")
         pipeline = AnnotatedPipeline(transformer, adp.batch_sampler)
+        on_device = bool(ctx.extras.get("data_device_transform")) and transformer.random
+        if on_device:
+            check_supported(tp, f"layer {self.name}: transform_param")
+            rp = tp.resize_param
+            self._device_transform = (rp.height, rp.width, transformer.mean_values, tp.scale)
         if pipeline.skipped_in_test():
             log.warning("layer %s: TEST phase leaves out the random %s", self.name,
                         ", ".join(pipeline.skipped_in_test()))
         batch = param.data_param.batch_size
         label_shape = (1, 1, max(len(first.boxes), 1), 8) if annotated else (batch,)
         self._setup(LmdbSource(reader, True, transformer.color_mode), first,
-                    _Annotated(pipeline, annotated), label_rows if annotated else _scalar_labels,
+                    _Annotated(pipeline, annotated, on_device), label_rows if annotated else _scalar_labels,
                     batch, transformer, skip=_skip(param.data_param.rand_skip, ctx),
                     label_shape=label_shape)
 

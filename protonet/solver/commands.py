@@ -75,11 +75,14 @@ def _logging(log_file=None):
       help="Mixed precision forward passes (off: Caffe's float32 numbers).")
 @_opt("channels_last", is_flag=True, default=False, help="Channels-last memory format for 4-D weights.")
 @_opt("workers", type=int, default=None, help="Data worker processes per data layer.")
+@_opt("data_on_device", is_flag=True, default=False,
+      help="Photometric distortion and the final resize/mirror/mean/scale of AnnotatedData batches on the "
+           "training device (for CPUs that cannot keep up with the GPU; off: all on the CPU workers).")
 @_opt("allow_python_layers", is_flag=True, default=False,
       help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @_opt("log", "log_file", default=None, help="Also append the log to this file.")
 def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, level, stage,
-                  amp, channels_last, workers, allow_python_layers, log_file):
+                  amp, channels_last, workers, data_on_device, allow_python_layers, log_file):
     """Train or finetune a model (caffe train)."""
     from protonet.solver.parallel import TrainJob, run_job, run_under_torchrun, spawn_training, torchrun_environment
     from protonet.solver.solver import RunOptions, read_solver
@@ -92,7 +95,7 @@ def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sig
     gpus = parse_gpus(gpu)
     options = RunOptions(device=f"cuda:{gpus[0]}" if gpus else "cpu", stages=_stages(stage), level=level,
                          amp=amp, channels_last=channels_last, data_workers=workers,
-                         allow_python_layers=allow_python_layers)
+                         data_device_transform=data_on_device, allow_python_layers=allow_python_layers)
     job = TrainJob(solver=solver, options=options, weights=weights or None, snapshot=snapshot or None,
                    sigint_effect=sigint_effect, sighup_effect=sighup_effect, max_iter=iterations,
                    log_to_stderr=True, log_path=log_file)

@@ -51,6 +51,7 @@ class RunOptions:
     rank: int = 0
     world_size: int = 1
     data_workers: int | None = None
+    data_device_transform: bool = False  # AnnotatedData: photometric + resize/mean/scale on the device
     skip_data_on_resume: bool = True  # resume reads the data where the snapshot left it
     allow_python_layers: bool = False  # a prototxt's Python layers run code: only when asked
 
@@ -117,7 +118,8 @@ class Solver:
     def _context(self, phase):
         o = self.options
         return NetContext(phase=phase, seed=self.seed, rank=o.rank, world_size=o.world_size,
-                          data_workers=o.data_workers, allow_python_layers=o.allow_python_layers)
+                          data_workers=o.data_workers, allow_python_layers=o.allow_python_layers,
+                          extras={"data_device_transform": True} if o.data_device_transform else {})
 
     def _make_net(self, net_param, phase):
         factory = self._net_factory
