@@ -1,16 +1,15 @@
 """Text and binary protobuf files with errors that name the place."""
-import contextlib
 import os
 import re
-import tempfile
 
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
+from protonet import caffe_pb2
 from protonet.errors import ProtonetError, PrototxtError
+from protonet.io.atomic import atomic_write
+from protonet.io.upgrade import upgrade_net, upgrade_solver
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 # bytes below 32 other than \t \n \v \f \r: never in a text proto, always early in a binary one
 _CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0e-\x1f]")
 
@@ -173,43 +172,6 @@ def read_binary_proto(path, message_cls):
     return parse_binary_proto(read_bytes(os.fspath(path)), message_cls, os.fspath(path))
 
 
-@contextlib.contextmanager
-def atomic_open(path):
-    """A binary file handle whose content appears at `path` only when the block ends without error.
-
-    The data goes to a temporary file beside `path`, is flushed to disk and renamed over `path`,
-    so a crash never leaves half a file.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    except OSError as exc:
-        raise ProtonetError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates 0600; give the file the mode a plain open() would.
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        try:
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise ProtonetError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write(path, data):
-    """Write bytes to `path` through a temporary file and a rename: a crash never leaves half a file."""
-    with atomic_open(path) as fh:
-        fh.write(data)
-
-
 # `key: 1.0` can only be a float field (strings are quoted, ints have no point, enums are names)
 _INTEGRAL_FLOAT = re.compile(r"^(\s*\w+: -?\d+)\.0$", re.MULTILINE)
 
@@ -230,9 +192,6 @@ def write_binary_proto(message, path):
 def read_net_prototxt(path, input_fields_to_layer=False):
     """A net prototxt as an upgraded NetParameter (V0/V1 layers, old data and BatchNorm fields),
     as Caffe's ReadNetParamsFromTextFileOrDie; see protonet.io.upgrade.upgrade_net."""
-    from protonet import caffe_pb2
-    from protonet.io.upgrade import upgrade_net
-
     net = read_prototxt(path, caffe_pb2.NetParameter)
     upgrade_net(net, source=os.fspath(path), input_fields_to_layer=input_fields_to_layer)
     return net
@@ -240,9 +199,6 @@ def read_net_prototxt(path, input_fields_to_layer=False):
 
 def read_solver_prototxt(path):
     """A solver prototxt as a SolverParameter with the old `solver_type` enum upgraded to `type`."""
-    from protonet import caffe_pb2
-    from protonet.io.upgrade import upgrade_solver
-
     solver = read_prototxt(path, caffe_pb2.SolverParameter)
     upgrade_solver(solver, source=os.fspath(path))
     return solver

@@ -9,7 +9,7 @@ size such as DetectionOutput's row count is given a nominal value) and create it
 Caffe's order with `self.add_blob(...)`. A shape that does not fit raises ShapeError naming
 `param.name`. `forward(*bottoms)` returns one tensor for one top, or a tuple for several.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -48,7 +48,11 @@ class NetContext:
     world_size: int = 1
     data_workers: int | None = None  # worker processes for data layers (None: the layer decides)
     root_dir: str | None = None      # relative paths (sources, label maps) resolve against it
-    extras: dict = field(default_factory=dict)
+    data_shuffle: bool = False       # data layers shuffle their records every epoch (Caffe: in order)
+    reencode_jpeg: bool = False      # AnnotatedData re-encodes cropped/expanded/distorted images as
+                                     # JPEG like Caffe (bit-parity with Caffe's batches)
+    data_on_device: bool = False     # AnnotatedData (TRAIN): photometric distortion and the final
+                                     # resize/mirror/mean/scale on the net's device, per batch
 
 
 class Layer(nn.Module):
@@ -101,15 +105,6 @@ def layer_class(type_name, layer_name="?"):
     if cls is None:
         raise ProtonetError(f"layer {layer_name}: unknown layer type '{type_name}'")
     return cls
-
-
-def to_int(value, what):
-    """Caffe fields that are integral but may arrive as floats from Python 3 division."""
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ProtonetError(f"{what}: expected an integer, got {value}")
-        return int(value)
-    return int(value)
 
 
 __all__ = ["Layer", "LAYERS", "register", "layer_class", "NetContext", "TRAIN", "TEST", "torch"]
