@@ -31,14 +31,14 @@ def protonet_maker(lmdb, labelmap, batch, seed=1):
     from protonet import caffe_pb2
     from protonet.io.prototxt import read_prototxt
     from protonet.layers.base import NetContext
-    from protonet.layers.data import AnnotatedData
+    from protonet.layers.data import AnnotatedDataLayer
 
     net = read_prototxt(TRAIN_NET, caffe_pb2.NetParameter)
     layer = net.layer[0]
     layer.data_param.source = lmdb
     layer.data_param.batch_size = batch
     layer.annotated_data_param.label_map_file = labelmap
-    data = AnnotatedData(layer, [], NetContext(phase=caffe_pb2.TRAIN, seed=seed, data_workers=0))
+    data = AnnotatedDataLayer(layer, [], NetContext(phase=caffe_pb2.TRAIN, seed=seed, data_workers=0))
     return data.batches.maker
 
 

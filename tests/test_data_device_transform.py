@@ -111,7 +111,7 @@ def test_annotated_data_layer_on_device_option(fixtures):
     root = str(fixtures / "data")
     ctx = NetContext(phase=caffe_pb2.TRAIN, seed=3, data_workers=0, root_dir=root)
     cpu = Net(param, phase="TRAIN", ctx=ctx)
-    dev = Net(param, phase="TRAIN", ctx=dataclasses.replace(ctx, extras={"data_device_transform": True}))
+    dev = Net(param, phase="TRAIN", ctx=dataclasses.replace(ctx, data_on_device=True))
     a, b = cpu(), dev()
     top = layer.top[0]
     assert a[top].shape == b[top].shape
