@@ -120,7 +120,7 @@ class CocoCollector:
                 self.seen.add(self.image_ids[self.offset + k])
         self.offset += self.batch
 
-    def evaluate(self, gt, precision="fp32"):
+    def evaluate(self, gt):
         from pycocotools.cocoeval import COCOeval  # pycocotools (imports matplotlib): only for --coco-gt
 
         if not self.results:
@@ -135,7 +135,7 @@ class CocoCollector:
 
 
 def evaluate(model, weights=None, iterations=None, ap_version="11point", labelmap=None, coco_gt=None,
-             device="cpu", progress=None):
+             device="cpu", progress=None, precision="fp32"):
     """Run the test net; returns {'map': mAP, 'ap': {label: AP}, 'names': {...}, 'coco': stats or None}."""
     if ap_version not in AP_VERSIONS:
         raise ProtonetError(f"--ap-version {ap_version}: one of {', '.join(AP_VERSIONS)}")
