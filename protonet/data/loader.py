@@ -189,7 +189,11 @@ class DeviceFeeder:
         self._ahead = None     # (device, stream, data, label) already on its way
 
     def reset(self):
+        """Drop a batch sent ahead; returns how many were dropped (0 or 1): the stream position
+        moves back by that much."""
+        dropped = int(self._ahead is not None)
         self._ahead = None
+        return dropped
 
     def _send(self, device):
         data, label = next(self.batches)

@@ -37,9 +37,9 @@ class _PipelineLayer(Layer):
     def skip_batches(self, n):
         """Continue n batches further on (a resumed solver reads on where its snapshot left off);
         batches are a function of their number, so this is exact and costs nothing."""
-        self._feeder.reset()
+        dropped = self._feeder.reset()
         self.batches.close()
-        self.batches.next_batch += int(n)
+        self.batches.next_batch += int(n) - dropped
 
     def forward(self):
         device = self._device.device
