@@ -9,6 +9,7 @@ Same JPEGs and boxes for all (bench/peers.py); medians of --rounds rounds, the v
 interleaved within each round. Without --ssd-pytorch its column is left out.
 """
 import argparse
+import os
 import pathlib
 import statistics
 import sys
@@ -17,7 +18,11 @@ import time
 
 import cv2
 import numpy as np
-import torch
+# As the protonet command does (protonet/cli.py): waiting OpenMP threads sleep, so a shared
+# machine's other work does not starve the threads doing ours. ACTIVE in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -10,13 +10,18 @@ The data layers read an LMDB of the JPEGs in ../shared/data/voc-images (three bo
 full SSD augmentation in worker processes (--workers); medians of --steps steps after --warmup.
 """
 import argparse
+import os
 import pathlib
 import statistics
 import sys
 import tempfile
 import time
 
-import torch
+# As the protonet command does (protonet/cli.py): waiting OpenMP threads sleep, so a shared
+# machine's other work does not starve the threads doing ours. ACTIVE in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

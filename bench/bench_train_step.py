@@ -10,13 +10,18 @@ step is Python between them. Steps alternate between the two so that machine loa
 Without --ssd-pytorch (a checkout of amdegroot/ssd.pytorch) only protonet's column is printed.
 """
 import argparse
+import os
 import pathlib
 import statistics
 import sys
 import tempfile
 import time
 
-import torch
+# As the protonet command does (protonet/cli.py): waiting OpenMP threads sleep, so a shared
+# machine's other work does not starve the threads doing ours. ACTIVE in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

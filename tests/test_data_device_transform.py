@@ -43,7 +43,7 @@ def sample(seed):
 def both_paths(tp, seeds):
     pipeline = AnnotatedPipeline(Transformer(tp, caffe_pb2.TRAIN),
                                  [parse_prototxt(s, caffe_pb2.BatchSampler(), "s") for s in SAMPLERS])
-    cpu, items, boxes = [], [], []
+    cpu, items = [], []
     for seed in seeds:
         chw, out = pipeline(sample(seed), np.random.default_rng(seed))
         item, dev_out = deferred_sample(pipeline, sample(seed), np.random.default_rng(seed))

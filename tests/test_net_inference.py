@@ -1,6 +1,5 @@
 """Inference mode (protonet/net/inference.py): same blobs as the layer-by-layer forward within 1e-4,
 BatchNorm/Scale/ReLU folded into convolutions, packed weights refreshed when the blobs change."""
-import numpy as np
 import pytest
 import torch
 
