@@ -65,16 +65,16 @@ def ssd_pytorch_batch(peer, blobs, batch):
     return make
 
 
-def per_process(fns, batch, rounds, seconds):
+def per_process(fns, batch, rounds, seconds, clock=time.perf_counter):
     """images/s of each fn (one batch per call): median over rounds, interleaved."""
     rates = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
-            n, t0 = 0, time.perf_counter()
+            n, t0 = 0, clock()
             while True:
                 fn()
                 n += batch
-                elapsed = time.perf_counter() - t0
+                elapsed = clock() - t0
                 if elapsed >= seconds:
                     break
             rates[k].append(n / elapsed)
@@ -116,6 +116,9 @@ def main(argv=None):
     ap.add_argument("--worker-batches", type=int, default=24)
     ap.add_argument("--images", default=str(peers.IMAGES))
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--wall-time", action="store_true",
+                    help="time the one-process rates by the wall clock (default: this process's CPU time, which "
+                         "other work on a shared machine does not inflate; the work is single-threaded)")
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -129,12 +132,14 @@ def main(argv=None):
                "protonet": lambda: maker[next(counter)]}
         if args.ssd_pytorch:
             fns["ssd.pytorch"] = ssd_pytorch_batch(peers.load_ssd_pytorch(args.ssd_pytorch), blobs, args.batch)
-        rates = per_process(fns, args.batch, args.rounds, args.seconds)
+        rates = per_process(fns, args.batch, args.rounds, args.seconds,
+                            clock=time.perf_counter if args.wall_time else time.process_time)
         scaling = {}
         for w in [int(v) for v in args.workers.split(",") if v.strip()]:
             scaling[w] = with_workers(maker, w, args.worker_batches)
     print(f"SSD300 train data path (ssd_pascal transform + 7 batch samplers), batch {args.batch}, "
-          f"{len(blobs)} JPEGs, cv2 {cv2.__version__}; medians of {args.rounds} rounds")
+          f"{len(blobs)} JPEGs, cv2 {cv2.__version__}; medians of {args.rounds} rounds; one-process rates by "
+          f"{'wall' if args.wall_time else 'process CPU'} time, workers by wall time")
     for k, r in rates.items():
         print(f"  1 process  {k:14s} {r:8.1f} images/s")
     if "ssd.pytorch" in rates:

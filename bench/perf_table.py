@@ -18,6 +18,7 @@ BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
 def rows(script, *args):
     out = subprocess.run([sys.executable, str(HERE / script), "--markdown", *args], capture_output=True, text=True,
                          check=True).stdout
+    print(f"$ {script} {' '.join(args)}\n{out}", file=sys.stderr)   # the whole report, for the record
     return [line for line in out.splitlines() if line.startswith("| ") and "---" not in line
             and not line.startswith("| deploy forward b1 incl. detection | variant")]
 
