@@ -15,6 +15,7 @@ MAY_IMPORT = {
     "caffe_pb2": set(),
     "box": {"caffe_pb2", "errors"},
     "devices": {"errors"},
+    "resources": {"errors"},
     "io": {"caffe_pb2", "errors"},
     "data": {"caffe_pb2", "errors", "io"},
     "eval": {"caffe_pb2", "errors", "io", "box"},
@@ -23,11 +24,12 @@ MAY_IMPORT = {
     "solver": {"caffe_pb2", "errors", "io", "box", "data", "eval", "layers", "net"},
     "spec": {"caffe_pb2", "errors", "io"},
     "compat": {"caffe_pb2", "errors", "io", "spec"},
-    "tools": {"caffe_pb2", "errors", "io", "box", "devices", "data", "eval", "layers", "net", "solver", "spec"},
+    "tools": {"caffe_pb2", "errors", "io", "box", "devices", "data", "eval", "layers", "net", "solver", "spec",
+              "resources"},
     "protonet": {"caffe_pb2", "errors", "spec", "net"},
     "commands": {"caffe_pb2", "errors", "io", "box", "devices", "data", "eval", "layers", "net", "solver",
-                 "spec", "compat", "tools"},
-    "cli": {"errors", "commands"},
+                 "spec", "compat", "tools", "resources"},
+    "cli": {"errors", "commands", "protonet"},
     "__main__": {"cli"},
 }
 

@@ -1,13 +1,16 @@
 """`protonet train | test | time | device-query`: the `caffe` tool's commands with its flags."""
 import os
 import signal
+import sys
 
 import click
 import torch
 
-from protonet.commands.options import caffe_option, glog_output, stage_list
+from protonet.commands.options import CaffeCommand, caffe_option, glog_output, stage_list
+from protonet import caffe_pb2
 from protonet.devices import parse_gpus
 from protonet.errors import ProtonetError
+from protonet.layers.base import NetContext
 from protonet.solver.logger import get_logger
 from protonet.solver.launch import TrainJob, exit_status, run_job, run_under_torchrun, spawn_training
 from protonet.solver.solver import RunOptions, read_solver
@@ -27,7 +30,7 @@ def torchrun_environment():
 
 # ---------------------------------------------------------------------- train
 
-@click.command("train")
+@click.command("train", cls=CaffeCommand)
 @caffe_option("solver", required=True, help="The solver definition protocol buffer text file.")
 @caffe_option("weights", default="", help="Pretrained weights to finetune from, separated by ','.")
 @caffe_option("snapshot", default="", help="A .solverstate to resume training from.")
@@ -58,9 +61,11 @@ def torchrun_environment():
 @caffe_option("allow_python_layers", is_flag=True, default=False,
               help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @caffe_option("log", "log_file", default=None, help="Also append the log to this file.")
+@caffe_option("tensorboard", default=None, metavar="DIR",
+              help="Also write the losses, lr, test outputs (mAP) and images/s as TensorBoard scalars to DIR.")
 def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, sigterm_effect, resume,
                   level, stage, amp, channels_last, workers, data_shuffle, reencode_jpeg, data_on_device,
-                  allow_python_layers, log_file):
+                  allow_python_layers, log_file, tensorboard):
     """Train or finetune a model (caffe train). A signal that stops it before max_iter ends it with
     exit status 128 + the signal's number (SIGINT 130, SIGTERM 143)."""
     if snapshot and weights:
@@ -74,7 +79,8 @@ def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sig
     options = RunOptions(device=f"cuda:{gpus[0]}" if gpus else "cpu", stages=stage_list(stage), level=level,
                          amp=amp, channels_last=channels_last, data_workers=workers, data_shuffle=data_shuffle,
                          reencode_jpeg=reencode_jpeg, data_on_device=data_on_device,
-                         allow_python_layers=allow_python_layers)
+                         allow_python_layers=allow_python_layers,
+                         progress_bars=sys.stderr.isatty(), tensorboard_dir=tensorboard)
     job = TrainJob(solver=solver, options=options, weights=weights or None, snapshot=snapshot or None,
                    sigint_effect=sigint_effect, sighup_effect=sighup_effect, sigterm_effect=sigterm_effect,
                    resume=resume, max_iter=iterations, log_to_stderr=True, log_path=log_file)
@@ -127,7 +133,7 @@ def _device(gpu):
     return torch.device("cpu")
 
 
-@click.command("test")
+@click.command("test", cls=CaffeCommand)
 @caffe_option("model", required=True, help="The model definition protocol buffer text file.")
 @caffe_option("weights", required=True, help="The trained weights, separated by ','.")
 @caffe_option("iterations", type=int, default=50, help="The number of batches to run.")
@@ -137,22 +143,27 @@ def _device(gpu):
 @caffe_option("ap_version", default="11point", type=click.Choice(["11point", "MaxIntegral", "Integral"]),
               help="AP computation for DetectionEvaluate outputs.")
 @caffe_option("show_per_class_result", is_flag=True, default=False, help="Print the AP of every class.")
+@caffe_option("data_shuffle", is_flag=True, default=False, help="Shuffle the data layers' records.")
+@caffe_option("reencode_jpeg", is_flag=True, default=False,
+              help="Caffe's JPEG round trips in AnnotatedData (bit-parity with Caffe).")
 @caffe_option("precision", default="fp32", type=click.Choice(["fp32", "bf16"]),
               help="Inference precision of the forward passes (bf16 needs a CPU with native bfloat16 or a GPU).")
 @caffe_option("allow_python_layers", is_flag=True, default=False,
               help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @caffe_option("log", "log_file", default=None, help="Also append the log to this file.")
-def test_command(model, weights, iterations, gpu, level, stage, ap_version, show_per_class_result, precision,
-                 allow_python_layers, log_file):
+def test_command(model, weights, iterations, gpu, level, stage, ap_version, show_per_class_result,
+                 data_shuffle, reencode_jpeg, precision, allow_python_layers, log_file):
     """Score a model (caffe test); nets ending in DetectionEvaluate print their mAP."""
     with glog_output(log_file):
+        ctx = NetContext(phase=caffe_pb2.TEST, data_shuffle=data_shuffle, reencode_jpeg=reencode_jpeg,
+                         allow_python_layers=allow_python_layers)
         score_model(model, weights, iterations, _device(gpu), level, stage_list(stage), ap_version,
-                    show_per_class_result, allow_python_layers, precision=precision)
+                    show_per_class_result, ctx, progress_bar=sys.stderr.isatty(), precision=precision)
 
 
 # ---------------------------------------------------------------------- time
 
-@click.command("time")
+@click.command("time", cls=CaffeCommand)
 @caffe_option("model", required=True, help="The model definition protocol buffer text file.")
 @caffe_option("iterations", type=int, default=50, help="The number of iterations to time.")
 @caffe_option("gpu", default="", help="The GPU id to run on.")
@@ -180,7 +191,7 @@ def time_command(model, iterations, gpu, phase, level, stage, weights, amp, chan
 
 # ---------------------------------------------------------------------- device query
 
-@click.command("device-query")
+@click.command("device-query", cls=CaffeCommand)
 @caffe_option("gpu", default="all", help="GPU ids separated by ',' or 'all'.")
 def device_query_command(gpu):
     """Show diagnostic information for CUDA devices (caffe device_query)."""

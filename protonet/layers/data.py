@@ -7,6 +7,8 @@ records read sequentially like Caffe (shuffled per epoch with ctx.data_shuffle),
 ctx.rank / ctx.world_size, transformed in ctx.data_workers worker processes with random streams
 derived from ctx.seed; Caffe's JPEG round trips with ctx.reencode_jpeg.
 """
+import time
+
 import torch
 
 from protonet.data.device_transform import device_batch
@@ -27,6 +29,7 @@ class _PipelineLayer(Layer):
         self.batches = pipeline.batches(ctx, with_labels=self.n_tops > 1)
         self._feeder = DeviceFeeder(self.batches)
         self._device_transform = pipeline.device_transform
+        self.wait_seconds = 0.0  # time forward() waited for its batch (the solver reports the share)
         self.register_buffer("_device", torch.zeros(0), persistent=False)
 
     @property
@@ -43,7 +46,9 @@ class _PipelineLayer(Layer):
 
     def forward(self):
         device = self._device.device
+        start = time.perf_counter()
         data, label = self._feeder.next(device)   # on CUDA the next batch is already on its way
+        self.wait_seconds += time.perf_counter() - start
         if self._device_transform is not None and isinstance(data, list):
             data = device_batch(data, *self._device_transform, device)
         if self.n_tops == 1:

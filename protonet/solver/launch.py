@@ -14,6 +14,8 @@ import signal
 import socket
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from protonet.data.workers import die_with_parent
 from protonet.errors import ProtonetError
@@ -58,15 +60,16 @@ def run_job(job, on_solver=None):
             raise ProtonetError("give --snapshot to resume from a given state or --resume for the newest, not both")
         with SignalHandler(job.sigint_effect, job.sighup_effect, job.sigterm_effect) as signals:
             solver = Solver(param, job.options, action=signals.check, solver_path=os.fspath(job.solver))
-            resume_file = job.snapshot or (_newest_snapshot(solver) if job.resume else None)
-            if job.weights and not resume_file:
-                solver.copy_weights(job.weights)
-            if on_solver is not None:
-                on_solver(solver)
             try:
+                resume_file = job.snapshot or (_newest_snapshot(solver) if job.resume else None)
+                if job.weights and not resume_file:
+                    solver.copy_weights(job.weights)
+                if on_solver is not None:
+                    on_solver(solver)
                 solver.solve(resume_file)  # a snapshot is restored inside, as Caffe's Solve(file)
             finally:
                 solver.stop_signal = signals.stop_signal
+                solver.close()
         return solver
     finally:
         remove_handlers(handlers)
@@ -99,8 +102,6 @@ def free_port():
 
 
 def _worker(rank, job, devices, backend, port, result_dir, parent_pid, status):
-    import torch.distributed as dist  # only data-parallel runs need torch.distributed
-
     die_with_parent(parent_pid)  # a killed parent leaves no rank waiting at a collective
     world_size = len(devices)
     device = devices[rank]
@@ -140,8 +141,6 @@ class _Forwarder:
 def spawn_training(job, devices, backend=None, result_dir=None):
     """Train with one process per device (['cuda:0', 'cuda:1'] or ['cpu', 'cpu']); returns the exit
     status (exit_status of rank 0)."""
-    import torch.multiprocessing as mp  # only data-parallel runs start processes
-
     if backend is None:
         backend = "nccl" if devices[0].startswith("cuda") else "gloo"
     port = free_port()
@@ -173,8 +172,6 @@ def spawn_training(job, devices, backend=None, result_dir=None):
 
 def run_under_torchrun(job, rank, world_size, local_rank):
     """Train as one of torchrun's processes (rank, world size and local rank as torchrun set them)."""
-    import torch.distributed as dist  # only data-parallel runs need torch.distributed
-
     if torch.cuda.is_available():
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)
