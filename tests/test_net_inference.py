@@ -197,3 +197,22 @@ def test_max_pooling_without_indices_is_caffes(kernel, stride, pad, size):
     for t in (x, x.contiguous(memory_format=torch.channels_last)):
         with torch.no_grad():
             assert torch.equal(max_pool_windows(layer, t), layer(x))
+
+
+def test_relu6_is_not_fused_and_keeps_its_cap():
+    param = conv_bn_net()
+    for layer in param.layer:
+        if layer.name == "conv1_relu":
+            layer.relu_param.relu6 = True
+    torch.manual_seed(0)
+    net = Net(param, phase="TEST")
+    seeded_batchnorm(net)
+    x = torch.randn(2, 3, 20, 24) * 20
+    ref = layer_by_layer(net, data=x)
+    with torch.no_grad():
+        out = net(data=x)
+    assert ["conv1", "conv1_bn", "conv1_scale"] in net._plan.fused_groups
+    assert float(out["conv1"].max()) <= 6.0
+    assert_close(ref, out, ["conv1", "pool2"])
+    capped = Net(param, phase="TEST")(data=x)["conv1"]       # with gradients (the in-place path)
+    assert float(capped.max()) <= 6.0

@@ -57,6 +57,8 @@ class ReLULayer(_Neuron):
     def forward_in_place(self, x):
         """The same values written over x (the net calls this for Caffe's in-place ReLU when x's
         producer does not need x for its backward)."""
+        if self.relu6:
+            return self.forward(x)
         if self.slope == 0:
             return torch.relu_(x)
         return F.leaky_relu_(x, self.slope)

@@ -47,7 +47,8 @@ def can_fold_scale(layer, conv):
 
 
 def can_fuse_relu(layer):
-    return layer.param.type == "ReLU"
+    """Caffe's ReLU (leaky or not); the capped ReLU6 variant runs as its own layer."""
+    return layer.param.type == "ReLU" and not getattr(layer, "relu6", False)
 
 
 def can_fuse_conv(layer):
