@@ -117,3 +117,19 @@ def test_annotated_data_layer_on_device_option(fixtures):
     assert a[top].shape == b[top].shape
     assert torch.equal(a[layer.top[1]], b[layer.top[1]])
     assert float((a[top] - b[top]).abs().mean()) < 2.0
+
+
+def test_device_feeder_keeps_the_order_and_counts_what_it_sent_ahead():
+    from protonet.data.loader import DeviceFeeder
+
+    batches = iter([(torch.full((1,), float(i)), torch.full((1,), -float(i))) for i in range(5)])
+    feeder = DeviceFeeder(batches)
+    cpu = torch.device("cpu")
+    got = [float(feeder.next(cpu)[0]) for _ in range(3)]
+    assert got == [0.0, 1.0, 2.0]
+    assert feeder.reset() == 0                # nothing is sent ahead on the CPU
+    if torch.cuda.is_available():
+        cuda = torch.device("cuda")
+        data, label = feeder.next(cuda)
+        assert data.device.type == "cuda" and float(data) == 3.0 and float(label) == -3.0
+        assert feeder.reset() == 1            # batch 4 was already on its way
