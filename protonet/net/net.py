@@ -10,6 +10,7 @@ import logging
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -89,7 +90,13 @@ class Net(nn.Module):
         self._steps = []
         self._owners = []          # (layer name, blob index, lr_mult, decay_mult) per owned blob, Caffe order
         self._modules_list = nn.ModuleList()
+        self._plans = {}
         self._build()
+        # state_dict keys name the prototxt's layers: 'conv1_1.0' is blob 0 of layer conv1_1.
+        self._state_keys = {f"_modules_list.{i}.{b}": f"{name}.{j}" for i, (name, layer) in
+                            enumerate(self.layers.items()) for j, b in enumerate(layer._blob_names)}
+        self.register_state_dict_post_hook(_caffe_state_keys)
+        self.register_load_state_dict_pre_hook(_module_state_keys)
         if weights is not None:
             self.load_weights(weights)
 
@@ -235,39 +242,81 @@ class Net(nn.Module):
         return [f"{ln}/{i}" for ln, i, _, _ in self._owners]
 
     # ------------------------------------------------------------------ running
-    def forward(self, **inputs):
+    def forward(self, *args: torch.Tensor, outputs: str | Sequence[str] | None = None,
+                **inputs: torch.Tensor) -> "dict[str, torch.Tensor] | torch.Tensor":
+        """Run the net.
+
+        Args:
+            *args: input blobs in the order of `input_names` (`net(x)` for a one-input net).
+            outputs: a blob name or a list of them: only the layers these need run (data layers
+                and side effects such as result files included), and only these are returned.
+            **inputs: input blobs by name; also the tops of data layers, which then do not run.
+
+        Returns:
+            Without `outputs`, a dict of every named blob; with a list, a dict of those blobs;
+            with one name, that blob.
+        """
+        inputs = self._bind_positional(args, inputs)
+        wanted = None if outputs is None else ([outputs] if isinstance(outputs, str) else list(outputs))
+        steps = self._steps if wanted is None else self._plan(tuple(wanted))
         device = self._device_probe.device
         dtype = self._device_probe.dtype
-        data_tops = {t for s in self._steps if getattr(s.layer, "is_data", False) for t in s.tops}
-        for key in inputs:
-            if key not in self.input_names and key not in data_tops:
-                raise ProtonetError(f"net {self.name or '?'}: '{key}' is not an input blob "
-                                    f"(inputs: {', '.join(self.input_names) or 'none'})")
         blobs = OrderedDict()
-        for step in self._steps:
-            if step.is_input or (getattr(step.layer, "is_data", False) and all(t in inputs for t in step.tops)):
+        for step in steps:
+            is_data = getattr(step.layer, "is_data", False)
+            if step.is_input or (is_data and all(t in inputs for t in step.tops)):
                 for t in step.tops:
                     if t not in inputs:
                         raise ProtonetError(f"net {self.name or '?'}: missing input blob '{t}'")
                     blobs[t] = self._as_tensor(inputs[t], device, dtype)
                 continue
-            args = []
-            for b, cut in zip(step.bottoms, step.detach):
-                x = blobs[b]
-                args.append(x.detach() if cut else x)
+            args = [blobs[b].detach() if cut else blobs[b] for b, cut in zip(step.bottoms, step.detach)]
             out = step.layer(*args)
-            if out is None:
-                out = ()
-            elif isinstance(out, torch.Tensor):
-                out = (out,)
+            out = () if out is None else ((out,) if isinstance(out, torch.Tensor) else out)
             if len(out) != len(step.tops):
                 raise ProtonetError(f"layer {step.name}: returned {len(out)} tops, expected {len(step.tops)}")
             for t, v in zip(step.tops, out):
-                if getattr(step.layer, "is_data", False):
+                if is_data:
                     v = torch.as_tensor(v)
                     v = v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
                 blobs[t] = v
-        return blobs
+        if wanted is None:
+            return blobs
+        return blobs[wanted[0]] if isinstance(outputs, str) else OrderedDict((n, blobs[n]) for n in wanted)
+
+    def _bind_positional(self, args, inputs):
+        data_tops = {t for s in self._steps if getattr(s.layer, "is_data", False) for t in s.tops}
+        for key in inputs:
+            if key not in self.input_names and key not in data_tops:
+                raise ProtonetError(f"net {self.name or '?'}: '{key}' is not an input blob "
+                                    f"(inputs: {', '.join(self.input_names) or 'none'})")
+        if not args:
+            return inputs
+        if len(args) > len(self.input_names):
+            raise ProtonetError(f"net {self.name or '?'}: {len(args)} positional inputs given, the net has "
+                                f"{len(self.input_names)} ({', '.join(self.input_names) or 'none'})")
+        bound = dict(zip(self.input_names, args))
+        twice = sorted(set(bound) & set(inputs))
+        if twice:
+            raise ProtonetError(f"net {self.name or '?'}: input '{twice[0]}' given by position and by name")
+        return {**bound, **inputs}
+
+    def _plan(self, wanted):
+        """The steps that the blobs `wanted` need, in order (cached per tuple of names)."""
+        plan = self._plans.get(wanted)
+        if plan is None:
+            unknown = [n for n in wanted if n not in self.blob_shapes]
+            if unknown:
+                raise ProtonetError(f"net {self.name or '?'}: no blob '{unknown[0]}' (blobs: "
+                                    f"{', '.join(list(self.blob_shapes)[:12])}{', ...' if len(self.blob_shapes) > 12 else ''})")
+            need, plan = set(wanted), []
+            for step in reversed(self._steps):
+                if any(t in need for t in step.tops):
+                    plan.append(step)
+                    need.difference_update(step.tops)
+                    need.update(step.bottoms)  # an in-place top stays needed: its producer runs too
+            plan = self._plans[wanted] = plan[::-1]
+        return plan
 
     def _as_tensor(self, value, device, dtype):
         t = torch.as_tensor(value)
@@ -380,6 +429,22 @@ class Net(nn.Module):
 
     def extra_repr(self):
         return f"name={self.name!r}, phase={'TRAIN' if self.phase == caffe_pb2.TRAIN else 'TEST'}"
+
+
+def _caffe_state_keys(net, state, prefix, local_metadata):
+    """state_dict post-hook: '<layer>.<blob index>' keys, in the dict's order."""
+    items = list(state.items())
+    state.clear()
+    for key, value in items:
+        inner = key[len(prefix):] if key.startswith(prefix) else None
+        state[prefix + net._state_keys[inner] if inner in net._state_keys else key] = value
+
+
+def _module_state_keys(net, state, prefix, *_):
+    """load_state_dict pre-hook: '<layer>.<blob index>' keys back to the module's own."""
+    for inner, caffe in net._state_keys.items():
+        if prefix + caffe in state and prefix + inner not in state:
+            state[prefix + inner] = state.pop(prefix + caffe)
 
 
 def _proto_shape(blob):
