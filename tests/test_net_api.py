@@ -128,3 +128,21 @@ def test_torch_compile_fullgraph_whole_detector(image):
     compiled = torch.compile(small, fullgraph=True, backend="eager")
     with torch.no_grad():
         assert torch.equal(compiled(image, outputs="detection_out"), small(image, outputs="detection_out"))
+
+
+def test_files_of_layers_are_read_only_when_used(tmp_path, image):
+    """A deploy net whose DetectionOutput names result files that do not exist builds and runs
+    up to its heads; the first forward that would save names the missing file."""
+    param = read_prototxt(FIX / "tiny_ssd_deploy.prototxt", caffe_pb2.NetParameter)
+    (det,) = [layer for layer in param.layer if layer.type == "DetectionOutput"]
+    sp = det.detection_output_param.save_output_param
+    sp.output_directory = str(tmp_path / "results")
+    sp.output_format = "VOC"
+    sp.label_map_file = str(tmp_path / "missing_labelmap.prototxt")
+    sp.name_size_file = str(tmp_path / "missing_name_size.txt")
+    net = Net(param, weights=str(FIX / "tiny_ssd.caffemodel")).eval()
+    with torch.no_grad():
+        assert net(image, outputs="mbox_loc").shape[0] == 2
+        with pytest.raises(ProtonetError, match="missing_labelmap.prototxt"):
+            net(image, outputs="detection_out")
+    assert not (tmp_path / "results").exists()

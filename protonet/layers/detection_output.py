@@ -56,34 +56,32 @@ class DetectionOutputLayer(Layer):
 
     # -- result files ---------------------------------------------------------------------
     def _setup_saving(self, sp):
+        """Saving needs an output directory, a label map and a name/size file; the files are read
+        (and checked) by the first forward that saves, so a net that never saves needs none."""
         self.output_directory = sp.output_directory
-        self.need_save = bool(sp.output_directory)
         self.output_format = sp.output_format
         self.output_name_prefix = sp.output_name_prefix
-        self.label_to_name = {}
-        self.names, self.sizes = [], []
-        self.num_test_image = 0
-        if sp.HasField("label_map_file") and sp.label_map_file:
-            self.label_to_name = read_label_names(sp.label_map_file, self.where)
-        else:
-            self.need_save = False
-        if sp.HasField("name_size_file") and sp.name_size_file:
-            self.names, self.sizes = read_names_and_sizes(sp.name_size_file, self.where)
-            self.num_test_image = sp.num_test_image if sp.HasField("num_test_image") else len(self.names)
-            if self.num_test_image > len(self.names):
-                raise ProtonetError(f"{self.where}: num_test_image {self.num_test_image} exceeds the "
-                                    f"{len(self.names)} names in {sp.name_size_file}")
-        else:
-            self.need_save = False
-        if self.need_save and self.num_test_image == 0:
-            self.need_save = False
+        self.need_save = bool(sp.output_directory) and bool(sp.label_map_file) and bool(sp.name_size_file)
         if self.need_save and self.output_format not in writers.FORMATS:
             raise ProtonetError(f"{self.where}: unknown output_format '{self.output_format}'")
+        self.save_param = sp
+        self.label_to_name = None
         self.resize_param = sp.resize_param if sp.HasField("resize_param") else None
-        if self.need_save:
-            os.makedirs(self.output_directory, exist_ok=True)
         self.name_count = 0
         self.saved = []  # (image name, label, score, [x, y, w, h] pixels rounded): eval.writers rows
+
+    def _read_saving_files(self):
+        sp = self.save_param
+        self.label_to_name = read_label_names(sp.label_map_file, self.where)
+        self.names, self.sizes = read_names_and_sizes(sp.name_size_file, self.where)
+        self.num_test_image = sp.num_test_image if sp.HasField("num_test_image") else len(self.names)
+        if self.num_test_image > len(self.names):
+            raise ProtonetError(f"{self.where}: num_test_image {self.num_test_image} exceeds the "
+                                f"{len(self.names)} names in {sp.name_size_file}")
+        if self.num_test_image == 0:
+            self.need_save = False
+        else:
+            os.makedirs(self.output_directory, exist_ok=True)
 
     def _save(self, rows):
         """Accumulate one batch; write the files when num_test_image images are done."""
@@ -121,6 +119,8 @@ class DetectionOutputLayer(Layer):
     def forward(self, loc, conf, prior, arm_conf=None, arm_loc=None):
         with torch.no_grad():
             out = self.detect(loc, conf, prior, arm_conf, arm_loc)
+        if self.need_save and self.label_to_name is None:
+            self._read_saving_files()
         if self.need_save:
             self._batch_size = loc.shape[0]
             self._save(out[0, 0].cpu().numpy())
