@@ -1,0 +1,1 @@
+"""Out of protonet: a Caffe detector as ONNX or TorchScript, DetectionOutput included."""
