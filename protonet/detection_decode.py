@@ -152,7 +152,7 @@ def nms_keep(boxes: Tensor, valid: Tensor, nms_threshold: float) -> Tensor:
     for f in range(0, F, group):
         v = valid[:, f:f + group]
         over = suppressors(boxes[:, f:f + group], v, nms_threshold)
-        keep.append(greedy_keep(over, v.reshape(-1, K)).view(v.shape))
+        keep.append(greedy_keep(over, v.reshape(-1, K)).reshape(N, -1, K))
     return torch.cat(keep, dim=1)
 
 
@@ -201,9 +201,10 @@ def limit_per_image(keep: Tensor, scores: Tensor, keep_top_k: int) -> Tensor:
     chosen = torch.zeros_like(flat_keep)
     if k > 0:
         flat = torch.where(flat_keep, scores.reshape(N, -1), torch.full_like(scores.reshape(N, -1), float("-inf")))
-        chosen.scatter_(1, box.stable_topk_desc(flat, k, dim=1), True)
+        top = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :k]  # ties: lower index
+        chosen.scatter_(1, top, torch.ones_like(top, dtype=torch.bool))
         chosen &= flat_keep
-    return torch.where((count > keep_top_k)[:, None], chosen, flat_keep).view(keep.shape)
+    return torch.where((count > keep_top_k)[:, None], chosen, flat_keep).reshape(keep.shape)
 
 
 def gather_rows(keep: Tensor, order: Tensor, ranked: Tensor, boxes: Tensor, labels: Tensor,

@@ -1,0 +1,40 @@
+"""TorchScript: the whole detector traced (DetectionOutput's tensor operations included), so
+`torch.jit.load` runs it in a process without protonet; dynamic batch."""
+import io
+import warnings
+
+import torch
+
+from protonet.errors import ProtonetError
+from protonet.export.plan import Detector, Trunk
+from protonet.io.prototxt import atomic_open
+
+
+def export_torchscript(plan, path):
+    """Write `plan` as a TorchScript archive at `path` (atomically); returns the ScriptModule.
+    The trace is checked on batches of 1 and 3 against the net itself."""
+    module = (Detector(plan.net, plan.detection) if plan.detection is not None
+              else Trunk(plan.net, plan.trunk_outputs)).eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(module, plan.dummy_inputs(), check_trace=False, strict=False)
+    except Exception as exc:  # noqa: BLE001 - any tracer failure becomes one line
+        raise ProtonetError(f"TorchScript export of net {plan.net.name or '?'} failed: "
+                            f"{str(exc).strip().splitlines()[0]}") from None
+    for batch in (1, 3):
+        inputs = plan.dummy_inputs(batch, seed=batch)
+        with torch.no_grad():
+            ours, theirs = module(*inputs), traced(*inputs)
+        ours = ours if isinstance(ours, tuple) else (ours,)
+        theirs = theirs if isinstance(theirs, tuple) else (theirs,)
+        for name, a, b in zip(plan.outputs, ours, theirs):
+            if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
+                raise ProtonetError(f"TorchScript export of net {plan.net.name or '?'}: the trace gives other "
+                                    f"values for '{name}' at batch {batch} (a layer depends on the batch size "
+                                    "in Python)")
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    with atomic_open(path) as fh:
+        fh.write(buf.getvalue())
+    return traced
