@@ -54,6 +54,7 @@ def detections_to_coco(rows, image_ids, image_sizes, label_to_category=None):
 def coco_evaluate(annotation_file, results, log=None):
     """COCOeval (bbox) of `results` (a list of dicts or a results .json) against `annotation_file`.
     Returns {stat name: value}; `log(line)` receives pycocotools' printed summary."""
+    # pycocotools imports matplotlib: loaded only when COCO is scored
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 

@@ -9,7 +9,7 @@ size such as DetectionOutput's row count is given a nominal value) and create it
 Caffe's order with `self.add_blob(...)`. A shape that does not fit raises ShapeError naming
 `param.name`. `forward(*bottoms)` returns one tensor for one top, or a tuple for several.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -48,7 +48,9 @@ class NetContext:
     world_size: int = 1
     data_workers: int | None = None  # worker processes for data layers (None: the layer decides)
     root_dir: str | None = None      # relative paths (sources, label maps) resolve against it
-    extras: dict = field(default_factory=dict)
+    data_shuffle: bool = False       # data layers shuffle their records every epoch (Caffe: in order)
+    reencode_jpeg: bool = False      # AnnotatedData re-encodes cropped/expanded/distorted images as
+                                     # JPEG like Caffe (bit-parity with Caffe's batches)
 
 
 class Layer(nn.Module):
