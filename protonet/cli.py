@@ -23,6 +23,8 @@ COMMANDS = {
                      "Show the CUDA devices (caffe device_query)."),
     "eval": ("protonet.commands.evaluate:eval_command",
              "VOC AP per class and mAP, or COCO's summary, of a test net."),
+    "export": ("protonet.commands.export:export_command",
+               "A net as ONNX or TorchScript, DetectionOutput included."),
     "gen": ("protonet.commands.gen:gen_command",
             "Run a NetSpec script: prototxts and the job script."),
     "inspect": ("protonet.commands.files:inspect_command",

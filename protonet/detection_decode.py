@@ -89,9 +89,10 @@ class DetectionSettings:
 
     @classmethod
     def from_json(cls, text: str) -> "DetectionSettings":
+        """The settings of to_json's text (other keys, such as an export's sidecar adds, ignored)."""
         d = json.loads(text)
         d["code_type"] = caffe_pb2.PriorBoxParameter.CodeType.Value(d["code_type"])
-        return cls(**d)
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
 def decode_boxes(loc: Tensor, priors: Tensor, variances: Tensor, s: DetectionSettings,

@@ -34,7 +34,9 @@ def export_torchscript(plan, path):
                                     f"values for '{name}' at batch {batch} (a layer depends on the batch size "
                                     "in Python)")
     buf = io.BytesIO()
-    torch.jit.save(traced, buf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.save's deprecation notice
+        torch.jit.save(traced, buf)
     with atomic_open(path) as fh:
         fh.write(buf.getvalue())
     return traced
