@@ -27,6 +27,8 @@ COMMANDS = {
                "A net as ONNX or TorchScript, DetectionOutput included."),
     "gen": ("protonet.commands.gen:gen_command",
             "Run a NetSpec script: prototxts and the job script."),
+    "import-weights": ("protonet.commands.export:import_weights_command",
+                       "A .caffemodel from a PyTorch state_dict and a mapping file."),
     "inspect": ("protonet.commands.files:inspect_command",
                 "Print what a Caffe file holds (net, caffemodel, ...)."),
     "make-shapes": ("protonet.commands.data:make_shapes_command",

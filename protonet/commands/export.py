@@ -29,3 +29,21 @@ def export_command(model, weights, fmt, out, until, no_detection):
                f"{', '.join(plan.inputs)} (batch free), outputs {', '.join(plan.outputs)}; {what}")
     for path in result.extra_files:
         click.echo(f"wrote {path}")
+
+
+@click.command("import-weights")
+@click.option("--model", required=True, help="The net prototxt whose .caffemodel to write.")
+@click.option("--state-dict", "state_dict", required=True,
+              help="A torch.save'd state_dict (.pth), read with torch.load(weights_only=True).")
+@click.option("--mapping", required=True, help="Caffe blob <-> state_dict key lines (see protonet.export.import_weights).")
+@click.option("--out", required=True, help="The .caffemodel to write.")
+@click.option("--allow-unmapped", is_flag=True, help="Blobs without a mapping line keep their fillers.")
+def import_weights_command(model, state_dict, mapping, out, allow_unmapped):
+    """Write OUT, a .caffemodel for MODEL, from a PyTorch state_dict and a mapping file: one line
+    per Caffe blob (LAYER.INDEX) or layer, its state_dict key, and transforms where the layouts
+    differ (transpose, permute:A,B,..., flip:AXIS, reshape). Shapes are checked blob by blob."""
+    from protonet.export.import_weights import import_weights
+
+    net, done = import_weights(model, state_dict, mapping, out, allow_unmapped=allow_unmapped)
+    total = sum(len(layer.blobs) for layer in net.layers.values())
+    click.echo(f"wrote {out}: {len(done)} of {total} blobs from {state_dict}")
