@@ -3,9 +3,17 @@
 Blob data travels as raw little-endian bytes in the packed `data` field (BlobProto field 5),
 never as Python lists: VGG-sized nets hold 10^8 floats.
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from protonet import caffe_pb2
+
+if TYPE_CHECKING:
+    import torch
 
 # wire tags (field number << 3 | length-delimited) of BlobProto's fields
 _TAG_SHAPE = b"\x3a"  # shape = 7
@@ -28,7 +36,7 @@ def varint(value):
             return bytes(out)
 
 
-def blob_shape(blob):
+def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
     """The blob's shape; the legacy 4-D fields win over `shape`, as in Caffe's Blob::FromProto."""
     if any(blob.HasField(f) for f in _LEGACY_DIMS):
         return (blob.num, blob.channels, blob.height, blob.width)
@@ -38,7 +46,7 @@ def blob_shape(blob):
     return (n,) if n else (0,)
 
 
-def blob_fits_shape(blob, shape):
+def blob_fits_shape(blob: caffe_pb2.BlobProto, shape: Sequence[int]) -> bool:
     """Caffe's Blob::ShapeEquals(BlobProto): whether a stored blob fits a blob of `shape`.
 
     Legacy 4-D blobs count their axes from the end, so an InnerProduct weight stored as
@@ -49,7 +57,7 @@ def blob_fits_shape(blob, shape):
     return tuple(int(d) for d in blob.shape.dim) == shape
 
 
-def blob_to_array(blob, diff=False, shape=None):
+def blob_to_array(blob: caffe_pb2.BlobProto, diff: bool = False, shape: Sequence[int] | None = None) -> np.ndarray:
     """The blob's data (or diff) as a float32 array (float64 if stored as double) of its shape.
 
     With `shape`, the blob must fit it as Caffe's ShapeEquals decides (else ValueError) and the array
@@ -103,7 +111,8 @@ def blob_pieces(arr, diff=None):
     return pieces
 
 
-def array_to_blob(arr, diff=None, blob=None):
+def array_to_blob(arr: "np.ndarray | torch.Tensor", diff: "np.ndarray | torch.Tensor | None" = None,
+                  blob: caffe_pb2.BlobProto | None = None) -> caffe_pb2.BlobProto:
     """A BlobProto with `shape` set (Caffe's current form) from a numpy array or tensor."""
     blob = blob if blob is not None else caffe_pb2.BlobProto()
     # protobuf parses packed floats with a memcpy: far faster than extending from a list.

@@ -46,19 +46,24 @@ class _Step:
 class Net(nn.Module):
     """A Caffe net as a torch module.
 
-    Net(net, phase=None, stages=(), level=0, weights=None, ctx=None): `net` is a prototxt path or a
-    NetParameter; `phase` 'TRAIN'/'TEST' or the enum (default: ctx's, else the file's state, else
-    TEST); `weights` a caffemodel path (or several, comma-separated) loaded after building; relative
-    paths in data layers resolve against ctx.root_dir, else the working directory, as in Caffe.
+    Args:
+        net: a prototxt path or a NetParameter.
+        phase: 'TRAIN'/'TEST' or the enum (default: ctx's, else the file's state, else TEST).
+        stages, level: the NetState rules of Caffe's include/exclude.
+        weights: a caffemodel path (or several, comma-separated or a list) loaded after building.
+        ctx: a NetContext (seed, data workers, data-parallel rank...); relative paths in data
+            layers resolve against ctx.root_dir, else the working directory, as in Caffe.
 
-    .layers (name -> Layer), .params (name -> blob tensors in Caffe's order), .learnable_params
-    ((tensor, lr_mult, decay_mult), each shared blob once, BatchNorm statistics included with
-    lr_mult 0 as in Caffe), .blob_shapes, .input_names, .output_names, .loss_weights;
-    forward(**inputs) -> dict of every named blob; loss(blobs); load_weights; save_weights;
-    to_proto; share_weights_from.
+    Attributes: .layers (name -> Layer), .params (name -> blob tensors in Caffe's order),
+    .learnable_params ((tensor, lr_mult, decay_mult), each shared blob once, BatchNorm
+    statistics included with lr_mult 0 as in Caffe), .blob_shapes, .input_names, .output_names,
+    .loss_weights. `net(x)` / `net(data=x)` runs it (see forward); state_dict() keys are the
+    prototxt's names, '<layer>.<blob index>' ('conv1_1.0', 'bn1.2').
     """
 
-    def __init__(self, net, phase=None, stages=(), level=0, weights=None, ctx=None):
+    def __init__(self, net: "str | os.PathLike | caffe_pb2.NetParameter", phase: "str | int | None" = None,
+                 stages: Sequence[str] = (), level: int = 0, weights: "str | os.PathLike | Sequence | None" = None,
+                 ctx: NetContext | None = None) -> None:
         super().__init__()
         param, where = self._read(net)
         if phase is None:
@@ -334,7 +339,7 @@ class Net(nn.Module):
             t = t.to(device=device)
         return t
 
-    def loss(self, blobs):
+    def loss(self, blobs: "dict[str, torch.Tensor]") -> torch.Tensor:
         """Sum over the loss blobs of weight * blob.sum() (Caffe's net loss)."""
         total = None
         for name, w in self.loss_weights.items():
@@ -345,11 +350,16 @@ class Net(nn.Module):
         return total
 
     # ------------------------------------------------------------------ weights
-    def load_weights(self, source):
+    def load_weights(self, source: "str | os.PathLike | Sequence | caffe_pb2.NetParameter") -> list[str]:
         """Caffe's CopyTrainedLayersFrom: blobs copied by layer name, every shape checked.
 
-        `source` is a NetParameter, a path, a list of paths, or 'a.caffemodel,b.caffemodel' (later
-        files win). Returns the names of the layers with blobs that no source provided."""
+        Args:
+            source: a NetParameter, a path, a list of paths, or 'a.caffemodel,b.caffemodel'
+                (later files win).
+
+        Returns:
+            The names of the layers with blobs that no source provided.
+        """
         if isinstance(source, caffe_pb2.NetParameter):
             if len(source.layers) and not len(source.layer):
                 source = caffe_pb2.NetParameter.FromString(source.SerializeToString())
@@ -389,7 +399,7 @@ class Net(nn.Module):
             log.info("Layers not in the weights file(s), keeping their fillers: %s", ", ".join(missing))
         return missing
 
-    def to_proto(self, with_blobs=True):
+    def to_proto(self, with_blobs: bool = True) -> caffe_pb2.NetParameter:
         """The net definition (the layers this state includes) with its blobs, as Caffe's Net::ToProto."""
         out = caffe_pb2.NetParameter()
         if self.name:
@@ -407,13 +417,13 @@ class Net(nn.Module):
                     blob.shape.SetInParent()
         return out
 
-    def save_weights(self, path):
+    def save_weights(self, path: "str | os.PathLike") -> None:
         """Write a .caffemodel (atomically) that Caffe and OpenCV read."""
         blobs = OrderedDict((n, [t.detach().to("cpu", torch.float32) for t in l.blobs])
                             for n, l in self.layers.items() if len(l.blobs))
         write_caffemodel(self.to_proto(with_blobs=False), path, blobs=blobs)
 
-    def share_weights_from(self, other):
+    def share_weights_from(self, other: "Net") -> None:
         """Caffe's ShareTrainedLayersWith: every layer with the same name uses `other`'s blob tensors."""
         for name, src in other.layers.items():
             layer = self.layers.get(name)
