@@ -201,11 +201,13 @@ def test_export_command(tmp_path):
 # --- the reference detectors with seeded weights (slow) ------------------------------------------
 
 
+# Seeded weights keep activations of order 1 for inputs of order 1: photos scaled as a
+# std-normalising transform would (VGG's Caffe weights expect raw pixels, seeded ones do not).
 NETS = {
-    "ssd300_vgg16": ("ssd300_vgg16_voc_deploy.prototxt", {}),
+    "ssd300_vgg16": ("ssd300_vgg16_voc_deploy.prototxt", dict(scale=0.017)),
     "mobilenet_ssd": ("mobilenet_ssd_deploy.prototxt", dict(mean=(127.5, 127.5, 127.5), scale=0.007843)),
-    "refinedet320_vgg16": ("refinedet320_vgg16_voc_deploy.prototxt", {}),
-    "refinedet320_resnet101": ("refinedet320_resnet101_coco_deploy.prototxt", {}),
+    "refinedet320_vgg16": ("refinedet320_vgg16_voc_deploy.prototxt", dict(scale=0.017)),
+    "refinedet320_resnet101": ("refinedet320_resnet101_coco_deploy.prototxt", dict(scale=0.017)),
 }
 
 
@@ -271,3 +273,26 @@ def test_onnx_detection_output_equals_the_tensor_algorithm(name, settings, botto
     out = onnx_rows(settings, bottoms)
     assert out.shape == expected.shape
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_quickstart_trained_net_round_trip(tmp_path):
+    """A short quickstart run (its own dataset, SSD 128x128 trained for a few dozen iterations):
+    its deploy net and snapshot exported, run on its test photos."""
+    root = tmp_path / "qs"
+    run = subprocess.run([sys.executable, "-m", "protonet", "quickstart", "--root", str(root), "--train", "64",
+                          "--test", "16", "--max-iter", "40"], capture_output=True, text=True, timeout=3000)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    model_dir = root / "models/quickstart/ssd_shapes_128x128"
+    net = Net(model_dir / "deploy.prototxt", weights=str(model_dir / "shapes_ssd_shapes_128x128_iter_40.caffemodel"))
+    net.eval()
+    names = sorted((root / "data/shapes/JPEGImages").glob("*.jpg"))[:4]
+    size = net.blob_shapes["data"][2:]
+    images = np.stack([(cv2.resize(cv2.imread(str(p)), (size[1], size[0])).astype(np.float32)
+                        - np.array([104, 117, 123], np.float32)).transpose(2, 0, 1) for p in names])
+    with torch.no_grad():
+        rows = net(torch.from_numpy(images), outputs="detection_out").numpy()
+    onnx_file = export_net(net, "onnx", tmp_path / "quickstart.onnx").path
+    assert_same_rows(rows, run_elsewhere(RUN_ONNX, onnx_file, images, tmp_path)[0])
+    script = export_net(net, "torchscript", tmp_path / "quickstart.pt").path
+    assert_same_rows(rows, run_elsewhere(RUN_TORCHSCRIPT, script, images, tmp_path)[0], tol=1e-5)
