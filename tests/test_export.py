@@ -115,7 +115,7 @@ def test_torchscript_whole_detector_in_a_fresh_process_without_protonet(tiny, tm
     net, images, rows = tiny
     result = export_net(net, "torchscript", tmp_path / "tiny.pt")
     (out,) = run_elsewhere(RUN_TORCHSCRIPT, result.path, images, tmp_path)
-    np.testing.assert_allclose(out, rows, rtol=1e-5, atol=1e-6)
+    assert_same_rows(rows, out)
 
 
 def test_trunk_export_writes_priors_and_settings_beside_it(tiny, tmp_path):
@@ -144,8 +144,8 @@ def test_until_layer_exports_its_tops(tiny, tmp_path):
     assert result.plan.outputs == ["conv3_norm"] and len(result.extra_files) == 2
     (out,) = run_elsewhere(RUN_TORCHSCRIPT, result.path, images, tmp_path)
     with torch.no_grad():
-        np.testing.assert_allclose(out, net(torch.from_numpy(images), outputs="conv3_norm").numpy(), rtol=1e-5,
-                                   atol=1e-5)
+        np.testing.assert_allclose(out, net(torch.from_numpy(images), outputs="conv3_norm").numpy(), rtol=1e-4,
+                                   atol=1e-4)
 
 
 def with_detection_param(text):
@@ -226,7 +226,7 @@ def test_reference_detectors_round_trip(name, tmp_path):
     onnx_file = export_net(net, "onnx", tmp_path / f"{name}.onnx").path
     assert_same_rows(rows, run_elsewhere(RUN_ONNX, onnx_file, images, tmp_path)[0])
     script = export_net(net, "torchscript", tmp_path / f"{name}.pt").path
-    assert_same_rows(rows, run_elsewhere(RUN_TORCHSCRIPT, script, images, tmp_path)[0], tol=1e-5)
+    assert_same_rows(rows, run_elsewhere(RUN_TORCHSCRIPT, script, images, tmp_path)[0])
 
 
 # --- DetectionOutput's ONNX form alone, in onnxruntime ---------------------------------------------
@@ -295,4 +295,4 @@ def test_quickstart_trained_net_round_trip(tmp_path):
     onnx_file = export_net(net, "onnx", tmp_path / "quickstart.onnx").path
     assert_same_rows(rows, run_elsewhere(RUN_ONNX, onnx_file, images, tmp_path)[0])
     script = export_net(net, "torchscript", tmp_path / "quickstart.pt").path
-    assert_same_rows(rows, run_elsewhere(RUN_TORCHSCRIPT, script, images, tmp_path)[0], tol=1e-5)
+    assert_same_rows(rows, run_elsewhere(RUN_TORCHSCRIPT, script, images, tmp_path)[0])
