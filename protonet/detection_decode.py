@@ -121,26 +121,17 @@ def class_scores(conf: Tensor, num_priors: int, s: DetectionSettings, arm_conf: 
 
 
 def rank_candidates(scores: Tensor, threshold: float, width: int) -> Tuple[Tensor, Tensor]:
-    """scores [N, P, F] -> (order [N*F, K]: per (image, class) row the prior indices of the scores
-    above the threshold, by descending score with ties to the lower index, the first K; valid
-    [N*F, K]: which ranks hold one). Work follows the number of candidates; every shape but
-    theirs follows the inputs."""
+    """scores [N, P, F] -> (order [N*F, K]: per (image, class) row the prior indices by
+    descending score, ties to the lower index, the first K; valid [N*F, K]: above the threshold).
+    The valid ranks are a prefix of each row: the first min(top_k, count) of the fork's stable
+    sort of the scores above the threshold."""
     N, P, F = scores.shape
-    R = N * F
-    n, idx, c = (scores > threshold).nonzero(as_tuple=True)
-    row = n * F + c
-    # Stable sorts: by score (ties keep the index order), then by row.
-    by_score = torch.sort(scores[n, idx, c], descending=True, stable=True).indices
-    by_row = torch.sort(row[by_score], stable=True).indices
-    picked = by_score[by_row]
-    row, idx = row[picked], idx[picked]
-    count = torch.zeros(R, dtype=torch.long, device=scores.device).index_add_(0, row, torch.ones_like(row))
-    rank = torch.arange(row.shape[0], device=scores.device) - (torch.cumsum(count, 0) - count)[row]
-    inside = rank < width
-    order = torch.zeros((R, width), dtype=torch.long, device=scores.device)
-    order[row[inside], rank[inside]] = idx[inside]
-    valid = torch.arange(width, device=scores.device)[None, :] < count[:, None]
-    return order, valid
+    rows = scores.transpose(1, 2).reshape(N * F, P)
+    if torch.jit.is_tracing():  # the tracer cannot record stable_topk_desc's bit view
+        order = torch.sort(rows, dim=1, descending=True, stable=True).indices[:, :width]
+    else:
+        order = box.stable_topk_desc(rows, width, dim=1)
+    return order, torch.gather(rows, 1, order) > threshold
 
 
 def nms_keep(boxes: Tensor, valid: Tensor, nms_threshold: float) -> Tensor:
@@ -170,11 +161,26 @@ def suppressors(boxes: Tensor, valid: Tensor, nms_threshold: float) -> Tensor:
     over = torch.zeros((K, D, N, F), dtype=torch.bool, device=boxes.device)
     block = max(1, NMS_BLOCK_ELEMENTS // max(1, K * K))
     for f in range(0, F, block):
-        part = boxes[:, f:f + block, :D]
-        # box.iou: the same arithmetic, so the same bits, as the fork's JaccardOverlap loop.
-        test = (box.iou(part, part) > thr) & later
+        test = overlap_test(boxes[:, f:f + block, :D], thr)
+        test &= later
         over[:D, :, :, f:f + block] = test.permute(2, 3, 0, 1)
     return over.view(K, D, N * F)
+
+
+def overlap_test(boxes: Tensor, thr: Tensor) -> Tensor:
+    """IoU > thr for every pair of boxes [..., D, 4] -> [..., D, D]: box.iou's arithmetic step for
+    step (the fork's JaccardOverlap bits), without its pass that turns 0/0 into 0 (NaN > thr is
+    false as 0 is), in place where it can."""
+    x1, y1, x2, y2 = (boxes[..., i].contiguous() for i in range(4))
+    size = box.box_size(boxes)
+    iw = torch.minimum(x2[..., None, :], x2[..., :, None])
+    iw -= torch.maximum(x1[..., None, :], x1[..., :, None])
+    ih = torch.minimum(y2[..., None, :], y2[..., :, None])
+    ih -= torch.maximum(y1[..., None, :], y1[..., :, None])
+    inter = iw.clamp_(min=0).mul_(ih.clamp_(min=0))
+    union = size[..., None, :] + size[..., :, None]
+    union -= inter
+    return inter.div_(union) > thr
 
 
 def greedy_keep(over: Tensor, valid: Tensor) -> Tensor:
