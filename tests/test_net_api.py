@@ -146,3 +146,31 @@ def test_files_of_layers_are_read_only_when_used(tmp_path, image):
         with pytest.raises(ProtonetError, match="missing_labelmap.prototxt"):
             net(image, outputs="detection_out")
     assert not (tmp_path / "results").exists()
+
+
+TEST_NET_WITH_DATA = """
+name: "test_net"
+layer { name: "data" type: "AnnotatedData" top: "data" top: "label" include { phase: TEST }
+  transform_param { mean_value: 104 mean_value: 117 mean_value: 123
+                    resize_param { prob: 1 resize_mode: WARP height: 32 width: 32 interp_mode: LINEAR } }
+  data_param { source: "%s" batch_size: 2 backend: LMDB }
+  annotated_data_param { batch_sampler { } label_map_file: "%s" } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "xavier" } } }
+"""
+
+
+def test_data_sources_are_opened_when_the_data_layer_runs(tmp_path):
+    """A TEST net whose LMDB is not on this machine builds (its transform fixes the data shape),
+    runs on data fed by name, and names the missing source when its data layer has to run."""
+    from google.protobuf import text_format
+
+    missing = tmp_path / "no_such_lmdb"
+    param = caffe_pb2.NetParameter()
+    text_format.Merge(TEST_NET_WITH_DATA % (missing, tmp_path / "no_labelmap.prototxt"), param)
+    net = Net(param, phase="TEST")
+    assert net.blob_shapes["data"] == (2, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 32)
+    assert net(data=x, label=torch.zeros(1, 1, 1, 8), outputs="conv").shape == (2, 4, 30, 30)
+    with pytest.raises(ProtonetError, match="no_such_lmdb"):
+        net(outputs="conv")
