@@ -16,6 +16,7 @@ MAY_IMPORT = {
     "box": {"caffe_pb2", "errors"},
     "detection_decode": {"caffe_pb2", "errors", "box"},
     "devices": {"errors"},
+    "resources": {"errors"},
     "io": {"caffe_pb2", "errors"},
     "data": {"caffe_pb2", "errors", "io"},
     "eval": {"caffe_pb2", "errors", "io", "box"},
@@ -26,11 +27,11 @@ MAY_IMPORT = {
     "compat": {"caffe_pb2", "errors", "io", "spec"},
     "export": {"caffe_pb2", "errors", "io", "box", "detection_decode", "net"},
     "tools": {"caffe_pb2", "errors", "io", "box", "detection_decode", "devices", "data", "eval", "layers", "net",
-              "solver", "spec", "export"},
+              "solver", "spec", "export", "resources"},
     "protonet": {"caffe_pb2", "errors", "spec", "net"},
     "commands": {"caffe_pb2", "errors", "io", "box", "detection_decode", "devices", "data", "eval", "layers", "net",
-                 "solver", "spec", "compat", "export", "tools"},
-    "cli": {"errors", "commands"},
+                 "solver", "spec", "compat", "export", "tools", "resources"},
+    "cli": {"errors", "commands", "protonet"},
     "__main__": {"cli"},
 }
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from protonet.detection_decode import DetectionSettings, detection_output
 from protonet.errors import ProtonetError
-from protonet.io.prototxt import atomic_open
+from protonet.io.atomic import atomic_open
 
 log = logging.getLogger("protonet.export")
 

@@ -8,7 +8,7 @@ import torch
 
 from protonet.errors import ProtonetError
 from protonet.export.plan import DUMMY_BATCH, Trunk
-from protonet.io.prototxt import atomic_open
+from protonet.io.atomic import atomic_open
 
 OPSET = 17
 

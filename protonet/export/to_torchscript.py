@@ -7,7 +7,7 @@ import torch
 
 from protonet.errors import ProtonetError
 from protonet.export.plan import Detector, Trunk
-from protonet.io.prototxt import atomic_open
+from protonet.io.atomic import atomic_open
 
 
 def export_torchscript(plan, path):

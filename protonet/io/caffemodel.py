@@ -17,7 +17,8 @@ import numpy as np
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
 from protonet.io.blobs import blob_field_pieces, blob_to_array, serialize_around, varint
-from protonet.io.prototxt import PathLike, read_bytes, atomic_open, iter_wire, read_binary_proto, read_varint
+from protonet.io.atomic import atomic_open
+from protonet.io.prototxt import PathLike, iter_wire, read_binary_proto, read_bytes, read_varint
 from protonet.io.upgrade import upgrade_net
 
 if TYPE_CHECKING:

@@ -1,25 +1,21 @@
 """Text and binary protobuf files with errors that name the place."""
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
-from collections.abc import Iterator
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError, Message
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError, PrototxtError
+from protonet.io.atomic import atomic_write
 from protonet.io.upgrade import upgrade_net, upgrade_solver
 
 PathLike = str | os.PathLike
 M = TypeVar("M", bound=Message)
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 # bytes below 32 other than \t \n \v \f \r: never in a text proto, always early in a binary one
 _CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0e-\x1f]")
 
@@ -180,43 +176,6 @@ def parse_binary_proto(data, message_cls, filename="<bytes>"):
 def read_binary_proto(path: PathLike, message_cls: type[M]) -> M:
     """Read a binary proto file (caffemodel, solverstate, binaryproto mean)."""
     return parse_binary_proto(read_bytes(os.fspath(path)), message_cls, os.fspath(path))
-
-
-@contextlib.contextmanager
-def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
-    """A binary file handle whose content appears at `path` only when the block ends without error.
-
-    The data goes to a temporary file beside `path`, is flushed to disk and renamed over `path`,
-    so a crash never leaves half a file.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    except OSError as exc:
-        raise ProtonetError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates 0600; give the file the mode a plain open() would.
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        try:
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise ProtonetError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write(path: PathLike, data: bytes) -> None:
-    """Write bytes to `path` through a temporary file and a rename: a crash never leaves half a file."""
-    with atomic_open(path) as fh:
-        fh.write(data)
 
 
 # `key: 1.0` can only be a float field (strings are quoted, ints have no point, enums are names)

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from protonet import caffe_pb2
 from protonet.io.blobs import array_to_blob, blob_field_pieces, blob_to_array, serialize_around
-from protonet.io.prototxt import PathLike, atomic_open, read_binary_proto
+from protonet.io.atomic import atomic_open
+from protonet.io.prototxt import PathLike, read_binary_proto
 
 if TYPE_CHECKING:
     import numpy as np

@@ -8,6 +8,7 @@ ctx.rank / ctx.world_size, transformed in ctx.data_workers worker processes with
 derived from ctx.seed; Caffe's JPEG round trips with ctx.reencode_jpeg.
 """
 import os
+import time
 
 import torch
 
@@ -31,6 +32,7 @@ class _PipelineLayer(Layer):
         self.n_tops = max(1, len(param.top))
         self.batches = None
         self._skip = 0
+        self.wait_seconds = 0.0  # time forward() waited for its batch (the solver reports the share)
         source = source_path(param, ctx)
         deferred = self.phase == TEST and source and not os.path.exists(source)
         shapes = static_top_shapes(param, self.n_tops) if deferred else None
@@ -67,7 +69,9 @@ class _PipelineLayer(Layer):
     def forward(self):
         if self.batches is None:
             self._open()
+        start = time.perf_counter()
         data, label = next(self.batches)
+        self.wait_seconds += time.perf_counter() - start
         device = self._device.device
         data = data.to(device, non_blocking=True)
         if self.n_tops == 1:

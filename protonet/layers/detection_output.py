@@ -9,15 +9,9 @@ from protonet import box
 from protonet.detection_decode import DetectionSettings, detection_output, detection_output_adaptive
 from protonet.errors import ProtonetError
 from protonet.eval import writers
-from protonet.io.labelmap import map_label_to_name, read_labelmap
+from protonet.io.labelmap import label_names
 from protonet.io.name_size import read_name_size
 from protonet.layers.base import Layer, register
-
-def read_label_names(path, where):
-    """label -> name of a LabelMap file (a label given twice is an error)."""
-    if not os.path.exists(path):
-        raise ProtonetError(f"{where}: label map file {path} not found")
-    return map_label_to_name(read_labelmap(path), strict=True, source=path)
 
 
 def read_names_and_sizes(path, where):
@@ -72,7 +66,7 @@ class DetectionOutputLayer(Layer):
 
     def _read_saving_files(self):
         sp = self.save_param
-        self.label_to_name = read_label_names(sp.label_map_file, self.where)
+        self.label_to_name = label_names(sp.label_map_file, strict=True, where=self.where)
         self.names, self.sizes = read_names_and_sizes(sp.name_size_file, self.where)
         self.num_test_image = sp.num_test_image if sp.HasField("num_test_image") else len(self.names)
         if self.num_test_image > len(self.names):

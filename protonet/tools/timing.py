@@ -13,21 +13,8 @@ from protonet.solver.solver import to_channels_last
 log = get_logger("caffe")
 
 
-def time_model(model, iterations, device="cpu", phase="TRAIN", level=0, stages=(), weights="", amp=None,
-               channels_last=False, allow_python_layers=False):
-    """Caffe's time(): returns {'forward_ms', 'backward_ms', 'layers_ms': {layer: ms}} per iteration."""
-    device = torch.device(device)
-    ctx = NetContext(phase=caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST,
-                     allow_python_layers=allow_python_layers)
-    net = Net(model, phase=phase, stages=stages, level=level, ctx=ctx)
-    net.to(device)
-    if channels_last:
-        to_channels_last(net)
-    if weights:
-        net.load_weights(weights)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-                if amp else contextlib.nullcontext())
+def _time_layers(net, sync):
+    """Forward hooks adding each layer's time into the dict returned with them."""
     layer_times = {name: 0.0 for name in net.layers}
     starts = {}
 
@@ -43,6 +30,28 @@ def time_model(model, iterations, device="cpu", phase="TRAIN", level=0, stages=(
             layer_times[name] += time.perf_counter() - starts[name]
         return hook
 
+    hooks = []
+    for name, layer in net.layers.items():
+        hooks.append(layer.register_forward_pre_hook(pre(name)))
+        hooks.append(layer.register_forward_hook(post(name)))
+    return layer_times, hooks
+
+
+def time_model(model, iterations, device="cpu", phase="TRAIN", level=0, stages=(), weights="", amp=None,
+               channels_last=False, allow_python_layers=False):
+    """Caffe's time(): returns {'forward_ms', 'backward_ms', 'layers_ms': {layer: ms}} per iteration."""
+    device = torch.device(device)
+    ctx = NetContext(phase=caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST,
+                     allow_python_layers=allow_python_layers)
+    net = Net(model, phase=phase, stages=stages, level=level, ctx=ctx)
+    net.to(device)
+    if channels_last:
+        to_channels_last(net)
+    if weights:
+        net.load_weights(weights)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+                if amp else contextlib.nullcontext())
     # Caffe times a deploy net on its zero-initialised input blobs.
     inputs = {name: torch.zeros(net.blob_shapes[name], device=device) for name in net.input_names}
 
@@ -58,10 +67,7 @@ def time_model(model, iterations, device="cpu", phase="TRAIN", level=0, stages=(
     log.info("Performing Backward")
     if loss.requires_grad:
         loss.backward()
-    hooks = []
-    for name, layer in net.layers.items():
-        hooks.append(layer.register_forward_pre_hook(pre(name)))
-        hooks.append(layer.register_forward_hook(post(name)))
+    layer_times, hooks = _time_layers(net, sync)
     log.info("*** Benchmark begins ***")
     log.info("Testing for %d iterations.", iterations)
     forward_time = backward_time = 0.0
