@@ -165,6 +165,17 @@ def test_adaptive_nms_is_refused_in_one_line(tmp_path):
     assert export_net(net, "onnx", tmp_path / "eta_trunk.onnx", detection=False).size > 0
 
 
+def test_torchscript_needs_top_k_on_large_nets(tmp_path):
+    param = read_prototxt(FIX / "net" / "tiny_ssd_deploy.prototxt", caffe_pb2.NetParameter)
+    (det,) = [layer for layer in param.layer if layer.type == "DetectionOutput"]
+    det.detection_output_param.nms_param.ClearField("top_k")
+    net = Net(param).eval()
+    with pytest.raises(ProtonetError, match=r"^layer detection_out \(DetectionOutput\): nms_param.top_k is unset, so "
+                                            r"NMS would rank all 6376 priors in the traced graph; set top_k"):
+        export_net(net, "torchscript", tmp_path / "x.pt")
+    assert export_net(net, "onnx", tmp_path / "x.onnx").size > 0
+
+
 def test_layers_that_cannot_be_shipped_are_named_in_one_line(tmp_path):
     param = read_prototxt(FIX / "net" / "tiny_ssd_deploy.prototxt", caffe_pb2.NetParameter)
     gt = param.layer.add(name="gt", type="Input", top=["gt"])

@@ -9,10 +9,18 @@ from protonet.errors import ProtonetError
 from protonet.export.plan import Detector, Trunk
 from protonet.io.atomic import atomic_open
 
+# The trace unrolls NMS's greedy scan over the ranks: beyond this many it refuses.
+MAX_UNROLLED_RANKS = 1024
+
 
 def export_torchscript(plan, path):
     """Write `plan` as a TorchScript archive at `path` (atomically); returns the ScriptModule.
     The trace is checked on batches of 1 and 3 against the net itself."""
+    d = plan.detection
+    if d is not None and d.settings.top_k < 0 and d.num_priors > MAX_UNROLLED_RANKS:
+        raise ProtonetError(f"layer {d.layer} (DetectionOutput): nms_param.top_k is unset, so NMS would rank all "
+                            f"{d.num_priors} priors in the traced graph; set top_k (the fork's deploy files use "
+                            "400) or export ONNX")
     module = (Detector(plan.net, plan.detection) if plan.detection is not None
               else Trunk(plan.net, plan.trunk_outputs)).eval()
     try:
