@@ -52,6 +52,8 @@ class DetectionSettings:
     keep_top_k: int = -1
     eta: float = 1.0
     objectness_score: float = 0.01
+    clip: bool = False          # OpenCV's field: decoded boxes clamped to [0, 1] before NMS
+    normalized: bool = True     # OpenCV's normalized_bbox: false: pixel priors and overlaps
 
     @classmethod
     def from_param(cls, p: caffe_pb2.DetectionOutputParameter) -> "DetectionSettings":
@@ -63,7 +65,7 @@ class DetectionSettings:
             nms_threshold=float(p.nms_param.nms_threshold),
             top_k=int(p.nms_param.top_k) if p.nms_param.HasField("top_k") else -1,
             keep_top_k=int(p.keep_top_k), eta=float(p.nms_param.eta),
-            objectness_score=float(p.objectness_score))
+            objectness_score=float(p.objectness_score), clip=bool(p.clip), normalized=bool(p.normalized_bbox))
 
     @property
     def loc_classes(self) -> int:
@@ -104,8 +106,9 @@ def decode_boxes(loc: Tensor, priors: Tensor, variances: Tensor, s: DetectionSet
                           s.variance_encoded_in_target)[:, :, None]
     else:
         base = priors[:, None]
-    return box.decode(loc.reshape(N, P, s.loc_classes, 4), base, variances[:, None], s.code_type,
-                      s.variance_encoded_in_target)
+    boxes = box.decode(loc.reshape(N, P, s.loc_classes, 4), base, variances[:, None], s.code_type,
+                       s.variance_encoded_in_target, s.normalized)
+    return boxes.clamp(0.0, 1.0) if s.clip else boxes
 
 
 def class_scores(conf: Tensor, num_priors: int, s: DetectionSettings, arm_conf: Optional[Tensor] = None) -> Tensor:
@@ -134,7 +137,7 @@ def rank_candidates(scores: Tensor, threshold: float, width: int) -> Tuple[Tenso
     return order, torch.gather(rows, 1, order) > threshold
 
 
-def nms_keep(boxes: Tensor, valid: Tensor, nms_threshold: float) -> Tensor:
+def nms_keep(boxes: Tensor, valid: Tensor, nms_threshold: float, normalized: bool = True) -> Tensor:
     """Greedy NMS of ranked candidates boxes [N, F, K, 4], valid [N, F, K] (a prefix of each
     (image, class) row) -> keep [N, F, K]. Classes go in groups of bounded memory per image; the
     group counts follow F and K only, so the batch size stays free (dynamic in an export)."""
@@ -143,12 +146,12 @@ def nms_keep(boxes: Tensor, valid: Tensor, nms_threshold: float) -> Tensor:
     keep = []
     for f in range(0, F, group):
         v = valid[:, f:f + group]
-        over = suppressors(boxes[:, f:f + group], v, nms_threshold)
+        over = suppressors(boxes[:, f:f + group], v, nms_threshold, normalized)
         keep.append(greedy_keep(over, v.reshape(-1, K)).reshape(N, -1, K))
     return torch.cat(keep, dim=1)
 
 
-def suppressors(boxes: Tensor, valid: Tensor, nms_threshold: float) -> Tensor:
+def suppressors(boxes: Tensor, valid: Tensor, nms_threshold: float, normalized: bool = True) -> Tensor:
     """over [K, D, N*F]: over[k, j, r] when rank k would suppress the later rank j of row r
     (IoU above the threshold, j > k); rank-major, so that the greedy scan reads contiguous
     slices. D, the ranks any row holds, is a size from nonzero (no host read): the overlaps
@@ -161,22 +164,25 @@ def suppressors(boxes: Tensor, valid: Tensor, nms_threshold: float) -> Tensor:
     over = torch.zeros((K, D, N, F), dtype=torch.bool, device=boxes.device)
     block = max(1, NMS_BLOCK_ELEMENTS // max(1, K * K))
     for f in range(0, F, block):
-        test = overlap_test(boxes[:, f:f + block, :D], thr)
+        test = overlap_test(boxes[:, f:f + block, :D], thr, normalized)
         test &= later
         over[:D, :, :, f:f + block] = test.permute(2, 3, 0, 1)
     return over.view(K, D, N * F)
 
 
-def overlap_test(boxes: Tensor, thr: Tensor) -> Tensor:
+def overlap_test(boxes: Tensor, thr: Tensor, normalized: bool = True) -> Tensor:
     """IoU > thr for every pair of boxes [..., D, 4] -> [..., D, D]: box.iou's arithmetic step for
     step (the fork's JaccardOverlap bits), without its pass that turns 0/0 into 0 (NaN > thr is
-    false as 0 is), in place where it can."""
+    false as 0 is), in place where it can. normalized=False: pixel boxes (sizes count both ends)."""
     x1, y1, x2, y2 = (boxes[..., i].contiguous() for i in range(4))
-    size = box.box_size(boxes)
+    size = box.box_size(boxes, normalized)
     iw = torch.minimum(x2[..., None, :], x2[..., :, None])
     iw -= torch.maximum(x1[..., None, :], x1[..., :, None])
     ih = torch.minimum(y2[..., None, :], y2[..., :, None])
     ih -= torch.maximum(y1[..., None, :], y1[..., :, None])
+    if not normalized:
+        iw += 1
+        ih += 1
     inter = iw.clamp_(min=0).mul_(ih.clamp_(min=0))
     union = size[..., None, :] + size[..., :, None]
     union -= inter
@@ -269,7 +275,7 @@ def detection_output(loc: Tensor, conf: Tensor, prior: Tensor, s: DetectionSetti
         cand = boxes[:, :, 0][image, order]
     else:
         cand = boxes[image, order, labels[None, :, None]]
-    keep = nms_keep(cand, valid.view(N, F, K), s.nms_threshold)
+    keep = nms_keep(cand, valid.view(N, F, K), s.nms_threshold, s.normalized)
     keep = limit_per_image(keep, ranked, s.keep_top_k)
     return gather_rows(keep, order, ranked, boxes, labels, s.share_location)
 
@@ -294,7 +300,7 @@ def detection_output_adaptive(loc: Tensor, conf: Tensor, prior: Tensor, s: Detec
     else:
         row_boxes, box_rows = boxes[:, :, labels].permute(0, 2, 1, 3).reshape(N * F, P, 4), None
     order, keep = box.nms(row_boxes, picked, s.confidence_threshold, s.nms_threshold, s.eta, s.top_k,
-                          box_rows, classes_last=True)
+                          box_rows, classes_last=True, normalized=s.normalized)
     K = order.shape[1]
     if K == 0:
         return empty_rows(N, loc)

@@ -210,3 +210,28 @@ def test_settings_round_trip_through_json():
                     "confidence_threshold: 0.25 objectness_score: 0.3 nms_param { nms_threshold: 0.4 top_k: 9 }")
     assert DetectionSettings.from_json(s.to_json()) == s
     assert '"code_type": "CORNER_SIZE"' in s.to_json()
+
+
+OPENCV_CASES = {
+    "clip": "code_type: CENTER_SIZE clip: true keep_top_k: 30 confidence_threshold: 0.05 "
+            "nms_param { nms_threshold: 0.45 top_k: 40 }",
+    "pixel_boxes": "code_type: CENTER_SIZE normalized_bbox: false keep_top_k: 30 confidence_threshold: 0.05 "
+                   "nms_param { nms_threshold: 0.45 top_k: 40 }",
+}
+
+
+def pixel_inputs(gen, case, s):
+    loc, conf, prior = random_detection_inputs(gen, 3, 80, 4, s.loc_classes)
+    if case == "pixel_boxes":  # priors in pixels of a 300x300 image
+        prior = prior.clone()
+        prior[0, 0] *= 300
+    return loc, conf, prior
+
+
+@pytest.mark.parametrize("case", sorted(OPENCV_CASES))
+def test_opencv_fields_equal_the_box_nms_path(case):
+    """OpenCV's clip and normalized_bbox: false, through both paths."""
+    s, _ = settings(OPENCV_CASES[case])
+    loc, conf, prior = pixel_inputs(np.random.default_rng(12), case, s)
+    new = detection_output(loc, conf, prior, s)
+    assert new.shape[2] > 10 and torch.equal(new, detection_output_adaptive(loc, conf, prior, s))

@@ -275,6 +275,11 @@ def onnx_cases():
     tied[:, ::4, 1] = 0.5
     tied[:, 1::5, 2] = 0.5
     cases.append(("ties", s, [loc, tied.view(2, -1), prior]))
+    from test_detection_decode import OPENCV_CASES, pixel_inputs
+
+    for name, text in sorted(OPENCV_CASES.items()):
+        s, _ = settings(text)
+        cases.append((name, s, list(pixel_inputs(np.random.default_rng(12), name, s))))
     return cases
 
 

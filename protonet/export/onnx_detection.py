@@ -7,7 +7,9 @@ ranked the real scores with ties to the lower prior index, which makes its greed
 the fork's. Its IoU test (intersection / (area1 + area2 - intersection) > threshold) is the
 fork's JaccardOverlap in float32; an inverted box (xmax < xmin, from a CORNER code with large
 offsets), which overlaps nothing in the fork, is given a zero-area box, which NonMaxSuppression
-never compares either.
+never compares either. Pixel boxes (OpenCV's normalized_bbox: false, sizes counting both end
+pixels) go to NonMaxSuppression one pixel larger, whose plain sizes are then the same up to the
+rounding of one addition.
 """
 import numpy as np
 import onnx
@@ -51,7 +53,7 @@ class GraphBuilder:
         return self.op("Slice", [x, self.ints([i]), self.ints([i + 1]), self.ints([axis])])
 
 
-def decode(g, deltas, priors, variances, code_type, variance_in_target):
+def decode(g, deltas, priors, variances, code_type, variance_in_target, normalized=True):
     """box.decode's arithmetic, op for op; deltas [..., 4] broadcast against priors/variances."""
     d = deltas if variance_in_target else g.op("Mul", [variances, deltas])
     if code_type == box.CORNER:
@@ -63,8 +65,13 @@ def decode(g, deltas, priors, variances, code_type, variance_in_target):
     if code_type != box.CENTER_SIZE:
         raise ProtonetError(f"DetectionOutput: unknown code type {code_type}")
     two = g.const(2.0)
-    pcx = g.op("Div", [g.op("Add", [x1, x2]), two])
-    pcy = g.op("Div", [g.op("Add", [y1, y2]), two])
+    if normalized:
+        pcx = g.op("Div", [g.op("Add", [x1, x2]), two])
+        pcy = g.op("Div", [g.op("Add", [y1, y2]), two])
+    else:  # OpenCV's pixel priors: sizes count both end pixels
+        pw, ph = g.op("Add", [pw, g.const(1.0)]), g.op("Add", [ph, g.const(1.0)])
+        pcx = g.op("Add", [x1, g.op("Mul", [pw, g.const(0.5)])])
+        pcy = g.op("Add", [y1, g.op("Mul", [ph, g.const(0.5)])])
     cx = g.op("Add", [g.op("Mul", [g.column(d, 0), pw]), pcx])
     cy = g.op("Add", [g.op("Mul", [g.column(d, 1), ph]), pcy])
     hw = g.op("Div", [g.op("Mul", [g.op("Exp", [g.column(d, 2)]), pw]), two])
@@ -85,8 +92,9 @@ def decoded_boxes(g, s, P, loc, prior, arm_loc):
     else:
         base = g.op("Unsqueeze", [priors, g.ints([1])])  # [P, 1, 4]
     deltas = g.op("Reshape", [loc, g.ints([0, P, s.loc_classes, 4])])
-    return decode(g, deltas, base, g.op("Unsqueeze", [variances, g.ints([1])]), s.code_type,
-                  s.variance_encoded_in_target)
+    boxes = decode(g, deltas, base, g.op("Unsqueeze", [variances, g.ints([1])]), s.code_type,
+                   s.variance_encoded_in_target, s.normalized)
+    return g.op("Clip", [boxes, g.const(0.0), g.const(1.0)]) if s.clip else boxes
 
 
 def class_scores(g, s, P, conf, arm_conf):
@@ -129,6 +137,8 @@ def nms(g, s, F, K, valid, cand):
     # reorder its corners, so it gets a zero-area box, which NonMaxSuppression never compares.
     x1, y1, x2, y2 = (g.column(cand, i) for i in range(4))
     inverted = g.op("Or", [g.op("Less", [x2, x1]), g.op("Less", [y2, y1])])
+    if not s.normalized:  # pixel boxes: NonMaxSuppression's plain sizes of boxes one pixel larger
+        cand = g.op("Add", [cand, g.const([0.0, 0.0, 1.0, 1.0])])
     cand = g.op("Where", [inverted, g.const([0.0, 0.0, 0.0, 0.0]), cand])
     rows_boxes = g.op("Reshape", [cand, g.ints([-1, K, 4])])
     selected = g.op("NonMaxSuppression", [rows_boxes, rows_scores, g.ints([K]),

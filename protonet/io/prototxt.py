@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError, Message
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError, PrototxtError
 from protonet.io.atomic import atomic_write
+from protonet.io.foreign import foreign_field
 from protonet.io.upgrade import upgrade_net, upgrade_solver
 
 PathLike = str | os.PathLike
@@ -37,13 +38,23 @@ def _clean_parse_message(msg, line, col, text):
     return " ".join(msg.encode("utf-8", "backslashreplace").decode("utf-8").split())
 
 
+_NO_FIELD = re.compile(r'Message type "caffe\.(\w+)" has no field named "(\w+)"')
+
+
+def _with_fork(msg):
+    """An unknown field's message, saying which fork has that field when one does."""
+    m = _NO_FIELD.search(msg)
+    fork = m and foreign_field(m.group(1), m.group(2))
+    return f"{msg.rstrip('.')} (a field of {fork}, which protonet does not run)" if fork else msg
+
+
 def parse_prototxt(text: str, message: Message, filename: str = "<string>") -> Message:
     """Merge prototxt `text` into `message`; a parse error names FILE:LINE:COL."""
     try:
         text_format.Merge(text, message)
     except text_format.ParseError as exc:
         line, col = exc.GetLine(), exc.GetColumn()
-        msg = _clean_parse_message(str(exc), line, col, text)
+        msg = _with_fork(_clean_parse_message(str(exc), line, col, text))
         if line is None:
             raise PrototxtError(f"{filename}: {msg}") from None
         raise PrototxtError(f"{filename}:{line}:{col}: {msg}") from None
@@ -165,6 +176,13 @@ def parse_binary_proto(data, message_cls, filename="<bytes>"):
     if fields is None or not wire_fits(fields, message_cls, allow_unknown=True):
         hint = " (it looks like a text prototxt)" if looks_like_text(data) is not None else ""
         raise ProtonetError(f"{filename}: not a binary {message_cls.DESCRIPTOR.name} file{hint}")
+    if message_cls.DESCRIPTOR.full_name == "caffe.NetParameter":
+        from protonet.io.dialects import translate_net_bytes  # dialects imports this module
+
+        try:
+            data = translate_net_bytes(data)
+        except ValueError as exc:
+            raise ProtonetError(f"{filename}: not a valid binary NetParameter ({exc})") from None
     msg = message_cls()
     try:
         msg.ParseFromString(data)

@@ -16,6 +16,8 @@ from torch import nn
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError, ShapeError
+from protonet.io.dialects import KNOWN as KNOWN_DIALECTS
+from protonet.io.foreign import foreign_type
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
@@ -51,6 +53,10 @@ class NetContext:
     data_shuffle: bool = False       # data layers shuffle their records every epoch (Caffe: in order)
     reencode_jpeg: bool = False      # AnnotatedData re-encodes cropped/expanded/distorted images as
                                      # JPEG like Caffe (bit-parity with Caffe's batches)
+    # DetectionOutput's save_output_param: when its label map or name/size file is missing (or its
+    # output directory cannot be made), fail (protonet test) instead of warning once and running
+    # without writing result files (the default, for zoo deploys naming their author's files)
+    result_files_required: bool = False
 
 
 class Layer(nn.Module):
@@ -101,7 +107,10 @@ def layer_class(type_name, layer_name="?"):
 
     cls = LAYERS.get(type_name)
     if cls is None:
-        raise ProtonetError(f"layer {layer_name}: unknown layer type '{type_name}'")
+        fork = foreign_type(type_name)
+        where = f" (a type of {fork}, which protonet does not run)" if fork else ""
+        raise ProtonetError(f"layer {layer_name}: unknown layer type '{type_name}'{where}; protonet runs the types "
+                            f"of {KNOWN_DIALECTS}")
     return cls
 
 

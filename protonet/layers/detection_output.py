@@ -1,17 +1,21 @@
 """DetectionOutput (SSD fork, RefineDet's 5-bottom variant): decode, per-class NMS, keep_top_k,
 and the fork's result files (save_output_param, written by protonet.eval.writers)."""
+import logging
 import os
 
 import numpy as np
 import torch
 
-from protonet import box
+from protonet import box, caffe_pb2
 from protonet.detection_decode import DetectionSettings, detection_output, detection_output_adaptive
 from protonet.errors import ProtonetError
 from protonet.eval import writers
 from protonet.io.labelmap import label_names
 from protonet.io.name_size import read_name_size
 from protonet.layers.base import Layer, register
+
+FLT_MAX = float(np.finfo(np.float32).max)
+log = logging.getLogger("protonet.layers")
 
 
 def read_names_and_sizes(path, where):
@@ -25,7 +29,9 @@ class DetectionOutputLayer(Layer):
     """Decode, per-class NMS and keep_top_k for the whole batch; top [1, 1, N_kept, 7] rows
     [image, label, score, xmin, ymin, xmax, ymax]. With 5 bottoms (RefineDet) boxes are decoded
     from the ARM-refined priors and priors with ARM objectness < objectness_score count as
-    background ([1, 0, 0, ...] scores)."""
+    background ([1, 0, 0, ...] scores). OpenCV's fields: `clip` clamps the decoded boxes to
+    [0, 1] before NMS; `normalized_bbox: false` takes pixel priors (CENTER_SIZE prior sizes and
+    NMS overlaps count both end pixels)."""
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
@@ -34,48 +40,85 @@ class DetectionOutputLayer(Layer):
         self.where = f"layer {self.name} (DetectionOutput)"
         if not p.HasField("num_classes"):
             raise ProtonetError(f"{self.where}: must specify num_classes")
-        s = self.settings = DetectionSettings.from_param(p)
-        if s.nms_threshold < 0:
+        self.p = p
+        self.num_classes = int(p.num_classes)
+        self.share_location = p.share_location
+        self.loc_classes = 1 if p.share_location else self.num_classes
+        self.background = int(p.background_label_id)
+        self.keep_top_k = int(p.keep_top_k)
+        self.confidence_threshold = float(p.confidence_threshold) if p.HasField("confidence_threshold") else -FLT_MAX
+        self.nms_threshold = float(p.nms_param.nms_threshold)
+        if self.nms_threshold < 0:
             raise ProtonetError(f"{self.where}: nms_threshold must be non negative")
-        if not (0 < s.eta <= 1):
+        self.eta = float(p.nms_param.eta)
+        if not (0 < self.eta <= 1):
             raise ProtonetError(f"{self.where}: eta must be in (0, 1]")
-        self.num_classes, self.loc_classes, self.background = s.num_classes, s.loc_classes, s.background_label_id
+        self.top_k = int(p.nms_param.top_k) if p.nms_param.HasField("top_k") else -1
+        self.objectness_score = float(p.objectness_score)
         arm_conf_s, arm_loc_s = (self.bottom_shapes[3:] + [None, None])[:2]
         self.num_priors = box.check_head_shapes(self.where, *self.bottom_shapes[:3], self.loc_classes,
                                                 self.num_classes, arm_conf_s, arm_loc_s)
         if p.visualize:
             raise ProtonetError(f"{self.where}: visualize is not supported (use `protonet detect`)")
+        self.normalized, self.clip = p.normalized_bbox, p.clip
+        if not self.normalized and (self.clip or p.code_type == caffe_pb2.PriorBoxParameter.CORNER_SIZE):
+            raise ProtonetError(f"{self.where}: normalized_bbox: false is supported with code_type CORNER or "
+                                f"CENTER_SIZE and without clip (OpenCV clips pixel boxes to a fourth image bottom)")
+        self.settings = DetectionSettings.from_param(p)
         self._setup_saving(p.save_output_param)
         self.top_shapes = [(1, 1, 1, 7)]
 
     # -- result files ---------------------------------------------------------------------
     def _setup_saving(self, sp):
-        """Saving needs an output directory, a label map and a name/size file; the files are read
-        (and checked) by the first forward that saves, so a net that never saves needs none."""
         self.output_directory = sp.output_directory
+        self.need_save = bool(sp.output_directory)
         self.output_format = sp.output_format
         self.output_name_prefix = sp.output_name_prefix
-        self.need_save = bool(sp.output_directory) and bool(sp.label_map_file) and bool(sp.name_size_file)
-        if self.need_save and self.output_format not in writers.FORMATS:
-            raise ProtonetError(f"{self.where}: unknown output_format '{self.output_format}'")
-        self.save_param = sp
-        self.label_to_name = None
-        self.resize_param = sp.resize_param if sp.HasField("resize_param") else None
+        self.label_to_name = {}
+        self.names, self.sizes = [], []
+        self.num_test_image = 0
         self.name_count = 0
         self.saved = []  # (image name, label, score, [x, y, w, h] pixels rounded): eval.writers rows
-
-    def _read_saving_files(self):
-        sp = self.save_param
-        self.label_to_name = label_names(sp.label_map_file, strict=True, where=self.where)
-        self.names, self.sizes = read_names_and_sizes(sp.name_size_file, self.where)
-        self.num_test_image = sp.num_test_image if sp.HasField("num_test_image") else len(self.names)
-        if self.num_test_image > len(self.names):
-            raise ProtonetError(f"{self.where}: num_test_image {self.num_test_image} exceeds the "
-                                f"{len(self.names)} names in {sp.name_size_file}")
-        if self.num_test_image == 0:
+        missing = self._missing_result_inputs(sp)
+        if missing:
+            # Caffe aborts here; a deploy from a model zoo names its author's files, and running
+            # it needs none of them (a documented deviation; protonet test still requires them).
+            if self.ctx.result_files_required and sp.output_directory:
+                raise ProtonetError(f"{self.where}: {missing[0]} (save_output_param asks to save results in "
+                                    f"{sp.output_directory})")
+            log.warning("%s: %s; detection results will not be saved", self.where, "; ".join(missing))
             self.need_save = False
+            return
+        if sp.HasField("label_map_file") and sp.label_map_file:
+            self.label_to_name = label_names(sp.label_map_file, strict=True, where=self.where)
         else:
-            os.makedirs(self.output_directory, exist_ok=True)
+            self.need_save = False
+        if sp.HasField("name_size_file") and sp.name_size_file:
+            self.names, self.sizes = read_names_and_sizes(sp.name_size_file, self.where)
+            self.num_test_image = sp.num_test_image if sp.HasField("num_test_image") else len(self.names)
+            if self.num_test_image > len(self.names):
+                raise ProtonetError(f"{self.where}: num_test_image {self.num_test_image} exceeds the "
+                                    f"{len(self.names)} names in {sp.name_size_file}")
+        else:
+            self.need_save = False
+        if self.need_save and self.num_test_image == 0:
+            self.need_save = False
+        if self.need_save and self.output_format not in writers.FORMATS:
+            raise ProtonetError(f"{self.where}: unknown output_format '{self.output_format}'")
+        self.resize_param = sp.resize_param if sp.HasField("resize_param") else None
+
+    def _missing_result_inputs(self, sp):
+        """What save_output_param names that is not there: label map, name/size file, or an output
+        directory that cannot be made."""
+        missing = [f"{what} file {path} not found" for what, path in
+                   (("label map", sp.label_map_file), ("name size", sp.name_size_file))
+                   if path and not os.path.exists(path)]
+        if not missing and self.need_save and sp.label_map_file and sp.name_size_file:
+            try:
+                os.makedirs(self.output_directory, exist_ok=True)
+            except OSError as exc:
+                missing.append(f"cannot make output directory {self.output_directory} ({exc.strerror or exc})")
+        return missing
 
     def _save(self, rows):
         """Accumulate one batch; write the files when num_test_image images are done."""
@@ -113,8 +156,6 @@ class DetectionOutputLayer(Layer):
     def forward(self, loc, conf, prior, arm_conf=None, arm_loc=None):
         with torch.no_grad():
             out = self.detect(loc, conf, prior, arm_conf, arm_loc)
-        if self.need_save and self.label_to_name is None:
-            self._read_saving_files()
         if self.need_save:
             self._batch_size = loc.shape[0]
             self._save(out[0, 0].cpu().numpy())

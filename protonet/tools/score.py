@@ -1,4 +1,6 @@
 """Caffe's `caffe test`: score a model over N batches, mean of every output, mAP of detection outputs."""
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -19,6 +21,8 @@ def score_model(model, weights, iterations, device="cpu", level=0, stages=(), ap
     rows (Caffe logs nothing per batch for them) shows its progress: a bar with `progress_bar`,
     else a log line every tenth of the pass. Returns {output name: mean values or (mAP, {label: AP})}."""
     ctx = ctx or NetContext(phase=caffe_pb2.TEST)
+    # Result files the test net's DetectionOutput asks for are part of what `test` produces.
+    ctx = dataclasses.replace(ctx, result_files_required=True)
     net = Net(model, phase="TEST", stages=stages, level=level, ctx=ctx)
     net.to(device)
     net.load_weights(weights)
