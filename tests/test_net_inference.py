@@ -80,7 +80,7 @@ def test_folded_net_matches_layer_by_layer():
     ref = layer_by_layer(net, data=x)
     with torch.no_grad():
         out = net(data=x)
-    groups = net._plan.fused_groups
+    groups = net.fused_layers()
     # bn2 writes a blob of its own between conv2 and its ReLU: conv2 keeps its value, nothing is fused.
     assert groups == [["conv1", "conv1_bn", "conv1_scale", "conv1_relu"], ["conv2"], ["conv3"]]
     assert_close(ref, out, ["conv1", "conv2", "bn2", "conv3", "sum", "pool1", "pool2"])
@@ -116,14 +116,14 @@ def test_batch_statistics_are_never_folded():
     seeded_batchnorm(net)
     with torch.no_grad():
         out = net(data=x)
-    assert all(len(g) == 1 or net.layers[g[1]].param.type != "BatchNorm" for g in net._plan.fused_groups)
+    assert all(len(g) == 1 or net.layers[g[1]].param.type != "BatchNorm" for g in net.fused_layers())
     assert_close(ref, out, ["pool2"])
 
 
 def test_gradients_on_run_layer_by_layer():
     net = Net(conv_bn_net(), phase="TEST")
     out = net(data=torch.randn(2, 3, 20, 24))
-    assert net._plan is None and out["pool2"].requires_grad
+    assert net.fused_layers() == [] and out["pool2"].requires_grad
 
 
 @pytest.mark.parametrize("key", ["ssd300_vgg16_voc_deploy.prototxt", "mobilenet_ssd_deploy.prototxt"])
@@ -136,7 +136,7 @@ def test_deploy_nets_match_layer_by_layer(key):
     with torch.no_grad():
         out = net(data=image)
         again = net(data=image)
-    assert len(net._plan.fused_groups) >= 20
+    assert len(net.fused_layers()) >= 20
     assert_close(ref, out, ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"])
     rows_ref, rows = ref["detection_out"].reshape(-1, 7), out["detection_out"].reshape(-1, 7)
     assert rows.shape == rows_ref.shape and rows.shape[0] > 10
@@ -211,8 +211,22 @@ def test_relu6_is_not_fused_and_keeps_its_cap():
     ref = layer_by_layer(net, data=x)
     with torch.no_grad():
         out = net(data=x)
-    assert ["conv1", "conv1_bn", "conv1_scale"] in net._plan.fused_groups
+    assert ["conv1", "conv1_bn", "conv1_scale"] in net.fused_layers()
     assert float(out["conv1"].max()) <= 6.0
     assert_close(ref, out, ["conv1", "pool2"])
     capped = Net(param, phase="TEST")(data=x)["conv1"]       # with gradients (the in-place path)
     assert float(capped.detach().max()) <= 6.0
+
+
+def test_outputs_subset_runs_its_own_inference_plan():
+    torch.manual_seed(0)
+    net = Net(conv_bn_net(), phase="TEST")
+    seeded_batchnorm(net)
+    x = torch.randn(2, 3, 20, 24)
+    ref = layer_by_layer(net, data=x)
+    with torch.no_grad():
+        pool1 = net(x, outputs="pool1")
+        both = net(x, outputs=["conv3", "pool2"])
+    assert_close(ref, {"pool1": pool1}, ["pool1"])
+    assert_close(ref, both, ["conv3", "pool2"])
+    assert list(both) == ["conv3", "pool2"]

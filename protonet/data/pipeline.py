@@ -224,3 +224,30 @@ def pipeline_for(layer_param, ctx):
         raise ProtonetError(f"layer {layer_param.name}: no data pipeline for type {layer_param.type} "
                             f"(one of {', '.join(_COMPOSERS)})")
     return compose(layer_param, ctx)
+
+
+def source_path(layer_param, ctx):
+    """The file or directory a data layer reads (LMDB or image list), resolved."""
+    if layer_param.type == "ImageData":
+        return resolve(ctx, layer_param.image_data_param.source)
+    return resolve(ctx, layer_param.data_param.source)
+
+
+def static_top_shapes(layer_param, n_tops):
+    """The tops' shapes when the transform alone fixes them (crop, or a WARP / FIT_LARGE_SIZE_AND_PAD
+    resize): channels 1 with force_gray, else 3, the colour images of detection datasets. None
+    when only the records can tell (Caffe reads the first one)."""
+    tp = layer_param.transform_param
+    crop_h, crop_w = int(tp.crop_size or tp.crop_h), int(tp.crop_size or tp.crop_w)
+    rp = tp.resize_param
+    fixed = tp.HasField("resize_param") and rp.resize_mode in (R.WARP, R.FIT_LARGE_SIZE_AND_PAD) and rp.height > 0 \
+        and rp.width > 0
+    if not (crop_h and crop_w) and not fixed:
+        return None
+    height, width = (crop_h or int(rp.height)), (crop_w or int(rp.width))
+    batch = int(layer_param.image_data_param.batch_size if layer_param.type == "ImageData"
+                else layer_param.data_param.batch_size)
+    shapes = [(batch, 1 if tp.force_gray else 3, height, width)]
+    if n_tops > 1:
+        shapes.append((1, 1, 1, 8) if layer_param.type == "AnnotatedData" else (batch,))
+    return shapes

@@ -5,9 +5,17 @@ never as Python lists: VGG-sized nets hold 10^8 floats. NVCaffe's raw storage (`
 FLOAT16/FLOAT/DOUBLE with the values as bytes in `raw_data`, as in OpenCV's fp16 face detector)
 is read into float32 (DOUBLE into float64, like `double_data`).
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from protonet import caffe_pb2
+
+if TYPE_CHECKING:
+    import torch
 
 # wire tags (field number << 3 | length-delimited) of BlobProto's fields
 _TAG_SHAPE = b"\x3a"  # shape = 7
@@ -63,7 +71,7 @@ def _values(blob, diff):
     return (blob.double_data, np.float64) if len(blob.double_data) else (blob.data, np.float32)
 
 
-def blob_shape(blob):
+def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
     """The blob's shape; the legacy 4-D fields win over `shape`, as in Caffe's Blob::FromProto."""
     if any(blob.HasField(f) for f in _LEGACY_DIMS):
         return (blob.num, blob.channels, blob.height, blob.width)
@@ -76,7 +84,7 @@ def blob_shape(blob):
     return (n,) if n else (0,)
 
 
-def blob_fits_shape(blob, shape):
+def blob_fits_shape(blob: caffe_pb2.BlobProto, shape: Sequence[int]) -> bool:
     """Caffe's Blob::ShapeEquals(BlobProto): whether a stored blob fits a blob of `shape`.
 
     Legacy 4-D blobs count their axes from the end, so an InnerProduct weight stored as
@@ -87,7 +95,7 @@ def blob_fits_shape(blob, shape):
     return tuple(int(d) for d in blob.shape.dim) == shape
 
 
-def blob_to_array(blob, diff=False, shape=None):
+def blob_to_array(blob: caffe_pb2.BlobProto, diff: bool = False, shape: Sequence[int] | None = None) -> np.ndarray:
     """The blob's data (or diff) as a float32 array (float64 if stored as double) of its shape;
     NVCaffe raw data (FLOAT16, FLOAT, DOUBLE) likewise.
 
@@ -137,7 +145,8 @@ def blob_pieces(arr, diff=None):
     return pieces
 
 
-def array_to_blob(arr, diff=None, blob=None):
+def array_to_blob(arr: "np.ndarray | torch.Tensor", diff: "np.ndarray | torch.Tensor | None" = None,
+                  blob: caffe_pb2.BlobProto | None = None) -> caffe_pb2.BlobProto:
     """A BlobProto with `shape` set (Caffe's current form) from a numpy array or tensor."""
     blob = blob if blob is not None else caffe_pb2.BlobProto()
     # protobuf parses packed floats with a memcpy: far faster than extending from a list.

@@ -5,8 +5,12 @@ arrays into the file (packed little-endian floats), so a VGG-sized net never pas
 lists or a second in-memory copy of the whole file; the bytes are the ones Caffe's Net::ToProto +
 WriteProtoToBinaryFile give.
 """
+from __future__ import annotations
+
 import collections
 import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,22 +18,25 @@ from protonet import caffe_pb2
 from protonet.errors import ProtonetError
 from protonet.io.atomic import atomic_open
 from protonet.io.blobs import blob_field_pieces, blob_to_array, raw_values, serialize_around, varint
-from protonet.io.prototxt import iter_wire, read_binary_proto, read_bytes, read_varint
+from protonet.io.prototxt import PathLike, iter_wire, read_binary_proto, read_bytes, read_varint
 from protonet.io.upgrade import upgrade_net
+
+if TYPE_CHECKING:
+    import torch
 
 _NET_LAYER = 100  # NetParameter.layer, its last field
 _LAYER_BLOBS = 7  # LayerParameter.blobs
 _TAG_NET_LAYER = varint((_NET_LAYER << 3) | 2)
 
 
-def read_caffemodel(path, input_fields_to_layer=False):
+def read_caffemodel(path: PathLike, input_fields_to_layer: bool = False) -> caffe_pb2.NetParameter:
     """The NetParameter of a binary .caffemodel, upgraded to the current `layer` form."""
     net = read_binary_proto(path, caffe_pb2.NetParameter)
     upgrade_net(net, source=os.fspath(path), input_fields_to_layer=input_fields_to_layer)
     return net
 
 
-def caffemodel_arrays(net_param):
+def caffemodel_arrays(net_param: caffe_pb2.NetParameter) -> "dict[str, list[np.ndarray]]":
     """Layer name -> list of its blobs as float arrays, for the layers that have blobs, in file order."""
     return collections.OrderedDict(
         (layer.name, [blob_to_array(b) for b in layer.blobs]) for layer in net_param.layer if len(layer.blobs))
@@ -100,7 +107,7 @@ def _wire_layer(buf, start, size, name_field, blobs_field):
     return name, blobs
 
 
-def read_caffemodel_arrays(path):
+def read_caffemodel_arrays(path: PathLike) -> "dict[str, list[np.ndarray]]":
     """Layer name -> list of blob arrays of a .caffemodel (current, V1 or V0), read straight from the file
     bytes without building protobuf messages: the same as caffemodel_arrays(read_caffemodel(path)), a
     few times faster and with less memory for VGG-sized files."""
@@ -133,7 +140,8 @@ def read_caffemodel_arrays(path):
     return out
 
 
-def write_caffemodel(net_param, path, blobs=None):
+def write_caffemodel(net_param: caffe_pb2.NetParameter, path: PathLike,
+                     blobs: "Mapping[str, Sequence[np.ndarray | torch.Tensor]] | None" = None) -> None:
     """Write `net_param` as a binary .caffemodel at `path`, atomically.
 
     `blobs` (optional): layer name -> list of arrays or tensors, or a list with one entry (a list of

@@ -3,20 +3,23 @@
 The lookups follow the fork's MapNameToLabel / MapLabelToName / MapLabelToDisplayName: with
 `strict=True` a repeated key is an error, otherwise the last item wins.
 """
+from __future__ import annotations
+
 import os
 import re
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
-from protonet.io.prototxt import read_prototxt, read_text, write_prototxt
+from protonet.io.prototxt import PathLike, read_prototxt, read_text, write_prototxt
 
 
-def read_labelmap(path):
+def read_labelmap(path: PathLike) -> caffe_pb2.LabelMap:
     """A LabelMap from its prototxt file."""
     return read_prototxt(path, caffe_pb2.LabelMap)
 
 
-def write_labelmap(label_map, path):
+def write_labelmap(label_map: caffe_pb2.LabelMap, path: PathLike) -> None:
+    """Write a LabelMap as a prototxt file, atomically."""
     write_prototxt(label_map, path)
 
 
@@ -30,22 +33,24 @@ def _mapping(label_map, key_of, value_of, what, strict, source):
     return out
 
 
-def map_name_to_label(label_map, strict=True, source="label map"):
+def map_name_to_label(label_map: caffe_pb2.LabelMap, strict: bool = True, source: str = "label map") -> dict[str, int]:
     """name -> label."""
     return _mapping(label_map, lambda i: i.name, lambda i: i.label, "name", strict, source)
 
 
-def map_label_to_name(label_map, strict=True, source="label map"):
+def map_label_to_name(label_map: caffe_pb2.LabelMap, strict: bool = True, source: str = "label map") -> dict[int, str]:
     """label -> name."""
     return _mapping(label_map, lambda i: i.label, lambda i: i.name, "label", strict, source)
 
 
-def map_label_to_display_name(label_map, strict=True, source="label map"):
+def map_label_to_display_name(label_map: caffe_pb2.LabelMap, strict: bool = True,
+                              source: str = "label map") -> dict[int, str]:
     """label -> display name."""
     return _mapping(label_map, lambda i: i.label, lambda i: i.display_name, "label", strict, source)
 
 
-def label_names(path, display=False, strict=False, where=None):
+def label_names(path: PathLike | None, display: bool = False, strict: bool = False,
+                where: str | None = None) -> dict[int, str]:
     """label -> name from a LabelMap file ({} without a path): the one reader of class names for
     DetectionOutput's result files, `eval` and `detect`. `display=True` gives the display name
     where an item has one; `strict` makes a repeated label an error, as the fork's MapLabelToName."""
@@ -68,7 +73,7 @@ def _atoi(text):
     return int(match.group(1)) if match else 0
 
 
-def read_label_file(path, include_background=True, delimiter=" :;"):
+def read_label_file(path: PathLike, include_background: bool = True, delimiter: str = " :;") -> caffe_pb2.LabelMap:
     """A LabelMap from a plain list, one `name [label] [display_name]` per line (the fork's
     ReadLabelFileToLabelMap): any character of `delimiter` separates fields, every line has the same
     number of fields; one field numbers the names from 0 (1 after the background item that

@@ -1,15 +1,21 @@
 """Text and binary protobuf files with errors that name the place."""
+from __future__ import annotations
+
 import os
 import re
+from typing import TypeVar
 
 from google.protobuf import text_format
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError, PrototxtError
 from protonet.io.atomic import atomic_write
 from protonet.io.foreign import foreign_field
 from protonet.io.upgrade import upgrade_net, upgrade_solver
+
+PathLike = str | os.PathLike
+M = TypeVar("M", bound=Message)
 
 # bytes below 32 other than \t \n \v \f \r: never in a text proto, always early in a binary one
 _CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0e-\x1f]")
@@ -42,7 +48,7 @@ def _with_fork(msg):
     return f"{msg.rstrip('.')} (a field of {fork}, which protonet does not run)" if fork else msg
 
 
-def parse_prototxt(text, message, filename="<string>"):
+def parse_prototxt(text: str, message: Message, filename: str = "<string>") -> Message:
     """Merge prototxt `text` into `message`; a parse error names FILE:LINE:COL."""
     try:
         text_format.Merge(text, message)
@@ -76,7 +82,7 @@ def read_text(path):
     return text
 
 
-def read_prototxt(path, message_cls):
+def read_prototxt(path: PathLike, message_cls: type[M]) -> M:
     """Read a text proto file into a new `message_cls` message."""
     return parse_prototxt(read_text(path), message_cls(), filename=os.fspath(path))
 
@@ -185,7 +191,7 @@ def parse_binary_proto(data, message_cls, filename="<bytes>"):
     return msg
 
 
-def read_binary_proto(path, message_cls):
+def read_binary_proto(path: PathLike, message_cls: type[M]) -> M:
     """Read a binary proto file (caffemodel, solverstate, binaryproto mean)."""
     return parse_binary_proto(read_bytes(os.fspath(path)), message_cls, os.fspath(path))
 
@@ -194,20 +200,22 @@ def read_binary_proto(path, message_cls):
 _INTEGRAL_FLOAT = re.compile(r"^(\s*\w+: -?\d+)\.0$", re.MULTILINE)
 
 
-def format_prototxt(message):
+def format_prototxt(message: Message) -> str:
     """The text form of `message` as Caffe prints it: integral floats without ".0" (`lr_mult: 1`)."""
     return _INTEGRAL_FLOAT.sub(r"\1", text_format.MessageToString(message))
 
 
-def write_prototxt(message, path):
+def write_prototxt(message: Message, path: PathLike) -> None:
+    """Write `message` as Caffe-style text at `path`, atomically."""
     atomic_write(path, format_prototxt(message).encode("utf-8"))
 
 
-def write_binary_proto(message, path):
+def write_binary_proto(message: Message, path: PathLike) -> None:
+    """Write `message` in binary form at `path`, atomically."""
     atomic_write(path, message.SerializeToString())
 
 
-def read_net_prototxt(path, input_fields_to_layer=False):
+def read_net_prototxt(path: PathLike, input_fields_to_layer: bool = False) -> caffe_pb2.NetParameter:
     """A net prototxt as an upgraded NetParameter (V0/V1 layers, old data and BatchNorm fields),
     as Caffe's ReadNetParamsFromTextFileOrDie; see protonet.io.upgrade.upgrade_net."""
     net = read_prototxt(path, caffe_pb2.NetParameter)
@@ -215,7 +223,7 @@ def read_net_prototxt(path, input_fields_to_layer=False):
     return net
 
 
-def read_solver_prototxt(path):
+def read_solver_prototxt(path: PathLike) -> caffe_pb2.SolverParameter:
     """A solver prototxt as a SolverParameter with the old `solver_type` enum upgraded to `type`."""
     solver = read_prototxt(path, caffe_pb2.SolverParameter)
     upgrade_solver(solver, source=os.fspath(path))

@@ -395,7 +395,7 @@ def upgrade_batchnorm(net):
 # ---------------------------------------------------------------------------------------- net
 
 
-def upgrade_net(net, source="<net>", input_fields_to_layer=False):
+def upgrade_net(net: caffe_pb2.NetParameter, source: str = "<net>", input_fields_to_layer: bool = False) -> list:
     """Upgrade a NetParameter in place as Caffe's UpgradeNetAsNeeded does (see the module doc).
 
     Returns the list of problems (parameters that had no place in the new form); they are also logged.
@@ -425,7 +425,7 @@ def upgrade_net(net, source="<net>", input_fields_to_layer=False):
 # ------------------------------------------------------------------------------------- solver
 
 
-def upgrade_solver(solver, source="<solver>"):
+def upgrade_solver(solver: caffe_pb2.SolverParameter, source: str = "<solver>") -> bool:
     """Turn the old `solver_type` enum into the `type` string, in place (Caffe's UpgradeSolverAsNeeded)."""
     if not solver.HasField("solver_type"):
         return False

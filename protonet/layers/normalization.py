@@ -170,6 +170,18 @@ class MVNLayer(Layer):
         return centred.reshape(x.shape)
 
 
+def _normalize(x, scale, across_spatial, eps):
+    """(y, norm): x divided by its L2 norm (per position, or per image across_spatial), times scale."""
+    n = x.shape[0]
+    if across_spatial:
+        norm = (x.reshape(n, -1).pow(2).sum(dim=1) + eps).sqrt().reshape((n,) + (1,) * (x.dim() - 1))
+    else:
+        norm = (x.pow(2).sum(dim=1, keepdim=True) + eps).sqrt()
+    y = x / norm
+    s = scale.reshape((1, -1) + (1,) * (x.dim() - 2)) if scale.dim() > 0 else scale
+    return y * s, norm
+
+
 class _CaffeNormalize(torch.autograd.Function):
     """L2 normalisation with a learnt scale, with the fork's backward.
 
@@ -179,14 +191,7 @@ class _CaffeNormalize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, across_spatial, eps):
-        n = x.shape[0]
-        if across_spatial:
-            norm = (x.reshape(n, -1).pow(2).sum(dim=1) + eps).sqrt().view((n,) + (1,) * (x.dim() - 1))
-        else:
-            norm = (x.pow(2).sum(dim=1, keepdim=True) + eps).sqrt()
-        y = x / norm
-        s = scale.view((1, -1) + (1,) * (x.dim() - 2)) if scale.dim() > 0 else scale
-        y = y * s
+        y, norm = _normalize(x, scale, across_spatial, eps)
         ctx.save_for_backward(x, scale, norm, y)
         ctx.across_spatial = across_spatial
         return y
@@ -237,4 +242,7 @@ class NormalizeLayer(Layer):
         scale = self.blobs[0]
         if scale.dtype != x.dtype:
             scale = scale.to(x.dtype)
-        return _CaffeNormalize.apply(x, scale, self.across_spatial, self.eps)
+        if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
+            return _CaffeNormalize.apply(x, scale, self.across_spatial, self.eps)
+        # Without gradients, plain tensor operations (which tracers and exporters record).
+        return _normalize(x, scale, self.across_spatial, self.eps)[0]

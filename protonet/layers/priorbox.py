@@ -49,6 +49,11 @@ class PriorBoxLayer(Layer):
             raise ShapeError(f"{self.where}: bottoms need height and width axes")
         self.top_shapes = [(1, 2, feat[-1] * feat[-2] * self.num_priors * 4)]
         self._cache = {}
+        # The priors of the build-time shapes, as a buffer: forward returns it without host work,
+        # so torch.compile and the exporters see a constant (it follows .to(device)).
+        image = self.bottom_shapes[1]
+        self._built_key = (feat[-2], feat[-1], image[-2], image[-1])
+        self.register_buffer("prior", torch.from_numpy(self.priors(*self._built_key)).unsqueeze(0), persistent=False)
 
     # -- the boxes of a cell --------------------------------------------------------------------
     def _aspect_ratios(self, p):
@@ -173,6 +178,9 @@ class PriorBoxLayer(Layer):
         return out
 
     def forward(self, feat, image):
-        out = self.priors(feat.shape[-2], feat.shape[-1], image.shape[-2], image.shape[-1])
         dtype = feat.dtype if feat.dtype.is_floating_point else torch.float32
+        key = (feat.shape[-2], feat.shape[-1], image.shape[-2], image.shape[-1])
+        if key == self._built_key:
+            return self.prior.to(device=feat.device, dtype=dtype)
+        out = self.priors(*key)
         return torch.from_numpy(out).to(device=feat.device, dtype=dtype).unsqueeze(0)

@@ -74,11 +74,11 @@ class _Op:
 class InferencePlan:
     """The net's steps regrouped for inference; run(inputs) returns the blobs as Net.forward does."""
 
-    def __init__(self, net, options=InferenceOptions()):
+    def __init__(self, net, options=InferenceOptions(), steps=None):
         self.net = net
         self.options = options
         self.low = torch.bfloat16 if options.precision == "bf16" else None
-        self.ops = self._compile(net._steps)
+        self.ops = self._compile(net._steps if steps is None else steps)
         self._cache = {}   # op index -> (key, outputs, serial) for constant ops
         self._serial = 0
 

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -76,14 +77,20 @@ def read_solver(source):
 
 
 class Solver:
-    """Caffe's SGDSolver family on protonet nets.
+    """Caffe's SGDSolver family (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam) on protonet nets.
 
-    `param`: SolverParameter or path of a solver prototxt (`solver_path`: the file a message came
-    from). `action`: a callable returning NONE/STOP/SNAPSHOT, asked after every iteration and
-    before every test batch (signals).
+    Args:
+        param: a SolverParameter, or the path of a solver prototxt.
+        options: how to run beside the prototxt (device, stages, amp, data-parallel rank...).
+        action: a callable returning NONE/STOP/SNAPSHOT, asked after every iteration and before
+            every test batch (the signal handlers' answer).
+        net_factory: builds the train and test nets (default: Net).
+        solver_path: the file a SolverParameter message came from.
     """
 
-    def __init__(self, param, options=None, action=None, net_factory=None, solver_path=None):
+    def __init__(self, param: "caffe_pb2.SolverParameter | str | os.PathLike", options: "RunOptions | None" = None,
+                 action: "Callable[[], int] | None" = None, net_factory: "Callable | None" = None,
+                 solver_path: "str | os.PathLike | None" = None) -> None:
         self.param = read_solver(param)
         if solver_path is None and not isinstance(param, caffe_pb2.SolverParameter):
             solver_path = os.fspath(param)
@@ -231,7 +238,7 @@ class Solver:
         return nets
 
     # ------------------------------------------------------------------ weights and state
-    def copy_weights(self, weights):
+    def copy_weights(self, weights: "str | Sequence[str | os.PathLike]") -> None:
         """Caffe's CopyLayers: each file, in order, into the train net and every test net."""
         for path in weights.split(",") if isinstance(weights, str) else weights:
             path = os.fspath(path).strip()
@@ -242,16 +249,17 @@ class Solver:
             for net in self.test_nets:
                 net.load_weights(source)
 
-    def snapshot_filename(self, extension):
+    def snapshot_filename(self, extension: str) -> str:
+        """PREFIX_iter_N.EXTENSION for the current iteration."""
         return Snapshots(self.param, self.solver_path).filename(self.progress.iter, extension)
 
-    def snapshot(self):
+    def snapshot(self) -> tuple:
         """Write PREFIX_iter_N.caffemodel and PREFIX_iter_N.solverstate (or the HDF5 pair), each atomically."""
         pair = Snapshots(self.param, self.solver_path).write(self.net, self.updater, self.progress, log)
         self.last_snapshot = pair
         return pair
 
-    def restore(self, state_file):
+    def restore(self, state_file: "str | os.PathLike") -> None:
         """Caffe's Restore: iteration, step, history, and the weights of `learned_net`."""
         state_file = os.fspath(state_file)
         saved = Snapshots.read(state_file)
@@ -269,14 +277,14 @@ class Solver:
         if self.is_root:
             log.info(msg, *args)
 
-    def request(self, collective=True):
+    def request(self, collective: bool = True) -> int:
         """What the action callable asks now; with several processes, what any of them asks."""
         action = self.action() if self.action is not None else NONE
         if collective and self.options.world_size > 1:
             action = parallel.agree_on_action(action, self.device)
         return action
 
-    def autocast(self):
+    def autocast(self) -> contextlib.AbstractContextManager:
         """The forward passes' autocast context (--amp), or none."""
         amp = self.options.amp
         if not amp:
@@ -318,7 +326,8 @@ class Solver:
                 index += 1
         return outputs
 
-    def step(self, iters):
+    def step(self, iters: int) -> None:
+        """Caffe's Step: `iters` iterations (tests, display, snapshots and signals on their schedule)."""
         p = self.param
         start_iter = self.progress.iter
         stop_iter = start_iter + iters
@@ -407,7 +416,7 @@ class Solver:
             log.error(msg)
         raise TrainingDiverged(msg)
 
-    def solve(self, resume_file=None):
+    def solve(self, resume_file: "str | os.PathLike | None" = None) -> None:
         """Caffe's Solve: train to max_iter (from a snapshot if given), snapshot, final display/test."""
         p = self.param
         if self.is_root:
@@ -438,7 +447,8 @@ class Solver:
         self.log_info("Optimization Done.")
 
     # ------------------------------------------------------------------ testing
-    def test_all(self):
+    def test_all(self) -> list:
+        """Caffe's TestAll: one pass of every test net; their outputs (and mAP) logged."""
         results = testing.test_all(self)
         if self.scalars is not None:
             for i, outputs in enumerate(results):

@@ -132,4 +132,4 @@ def time_inference(model, iterations, device="cpu", phase="TEST", level=0, stage
     log.info("Average Forward pass: %s ms.", format_float(sum(times) / n))
     log.info("Median Forward pass: %s ms.", format_float(median))
     log.info("*** Benchmark ends ***")
-    return {"forward_ms": sum(times) / n, "median_ms": median, "fused": net._plan.fused_groups if net._plan else []}
+    return {"forward_ms": sum(times) / n, "median_ms": median, "fused": net.fused_layers()}
