@@ -1,5 +1,6 @@
 """Inference mode (protonet/net/inference.py): same blobs as the layer-by-layer forward within 1e-4,
-BatchNorm/Scale/ReLU folded into convolutions, packed weights refreshed when the blobs change."""
+BatchNorm/Scale/ReLU folded into convolutions, packed weights refreshed when the blobs change; on by
+default under torch.inference_mode(), under torch.no_grad() once set_inference() asked for it."""
 import pytest
 import torch
 
@@ -78,7 +79,7 @@ def test_folded_net_matches_layer_by_layer():
     seeded_batchnorm(net)
     x = torch.randn(2, 3, 20, 24)
     ref = layer_by_layer(net, data=x)
-    with torch.no_grad():
+    with torch.inference_mode():
         out = net(data=x)
     groups = net.fused_layers()
     # bn2 writes a blob of its own between conv2 and its ReLU: conv2 keeps its value, nothing is fused.
@@ -92,7 +93,7 @@ def test_packed_weights_follow_in_place_updates():
     net = Net(conv_bn_net(), phase="TEST")
     seeded_batchnorm(net)
     x = torch.randn(2, 3, 20, 24)
-    with torch.no_grad():
+    with torch.inference_mode():
         before = net(data=x)["pool2"].clone()
         net.layers["conv3"].blobs[0].mul_(2.0)              # as the solver's update does
         net.layers["conv1_scale"].blobs[0].add_(0.5)
@@ -124,6 +125,23 @@ def test_gradients_on_run_layer_by_layer():
     net = Net(conv_bn_net(), phase="TEST")
     out = net(data=torch.randn(2, 3, 20, 24))
     assert net.fused_layers() == [] and out["pool2"].requires_grad
+
+
+def test_no_grad_is_layer_by_layer_until_asked():
+    """A new Net under torch.no_grad() gives the autograd forward's bits (exporters and
+    torch.compile compare against it); set_inference() turns inference mode on there too."""
+    torch.manual_seed(0)
+    net = Net(conv_bn_net(), phase="TEST")
+    seeded_batchnorm(net)
+    x = torch.randn(2, 3, 20, 24)
+    exact = net(data=x)["pool2"].detach()
+    with torch.no_grad():
+        assert torch.equal(net(data=x)["pool2"], exact) and net.fused_layers() == []
+    net.set_inference(precision="fp32")
+    with torch.no_grad():
+        fast = net(data=x)["pool2"]
+    assert net.fused_layers() and not torch.equal(fast, exact)
+    assert_close({"pool2": exact}, {"pool2": fast}, ["pool2"])
 
 
 @pytest.mark.parametrize("key", ["ssd300_vgg16_voc_deploy.prototxt", "mobilenet_ssd_deploy.prototxt"])

@@ -1,7 +1,9 @@
 """Inference mode: the forward pass of a net without gradients, rewritten for speed.
 
-`Net` runs through an `InferencePlan` whenever gradients are off (`torch.no_grad()`,
-`torch.inference_mode()`) unless `net.set_inference(None)` turned it off. The plan keeps every
+`Net` runs through an `InferencePlan` under `torch.inference_mode()`, and whenever gradients are
+off once `net.set_inference(...)` asked for it (`detect`, `test`, `eval` and `time --precision` do);
+under a plain `torch.no_grad()` a new Net runs layer by layer, bit for bit as with gradients (what
+exporters and torch.compile compare against). `net.set_inference(False)` turns it off. The plan keeps every
 layer's semantics and the blob names of the net; it changes how the work is done:
 
 - Convolution followed in place by BatchNorm (global statistics), Scale and ReLU becomes one
@@ -50,6 +52,9 @@ class InferenceOptions:
     precision: str = "fp32"
     channels_last: bool | None = None
     fuse: bool = True
+    # False (the default of a new Net): only under torch.inference_mode(); True (set_inference):
+    # whenever gradients are off, torch.no_grad() included.
+    explicit: bool = False
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:

@@ -63,9 +63,9 @@ class Net(nn.Module):
     .loss_weights. `net(x)` / `net(data=x)` runs it (see forward); state_dict() keys are the
     prototxt's names, '<layer>.<blob index>' ('conv1_1.0', 'bn1.2').
 
-    With gradients off the forward pass runs in inference mode (protonet/net/inference.py:
-    BatchNorm/Scale folded into convolutions, ReLU fused, weights pre-packed, channels-last on the
-    CPU, priors cached; same blobs within 1e-4); set_inference() chooses its precision or turns it off.
+    Under torch.inference_mode() (and with gradients off after set_inference()) the forward pass
+    runs in inference mode (protonet/net/inference.py: BatchNorm/Scale folded into convolutions,
+    ReLU fused, weights pre-packed, channels-last on the CPU, priors cached; same blobs within 1e-4).
     """
 
     def __init__(self, net: "str | os.PathLike | caffe_pb2.NetParameter", phase: "str | int | None" = None,
@@ -304,7 +304,7 @@ class Net(nn.Module):
         """
         if enabled:
             check_precision(precision, self._device_probe.device)
-            self._inference = InferenceOptions(precision, channels_last, fuse)
+            self._inference = InferenceOptions(precision, channels_last, fuse, explicit=True)
         else:
             self._inference = None
         self._inference_plans = {}
@@ -320,11 +320,15 @@ class Net(nn.Module):
         return plan.fused_groups if plan is not None else []
 
     def _inference_plan(self, wanted, steps):
+        # Tracers and compilers see the layer-by-layer graph (checked first: dynamo cannot trace
+        # is_inference_mode_enabled).
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+            return None
         if self._inference is None or torch.is_grad_enabled():
             return None
-        device_type = self._device_probe.device.type
-        if (torch.is_autocast_enabled(device_type) or torch.jit.is_tracing() or torch.jit.is_scripting()
-                or torch.compiler.is_compiling()):
+        if not self._inference.explicit and not torch.is_inference_mode_enabled():
+            return None
+        if torch.is_autocast_enabled(self._device_probe.device.type):
             return None
         plan = self._inference_plans.get(wanted)
         if plan is None or plan.stale():
