@@ -100,9 +100,6 @@ def extract_features(model, weights, blobs, outs, iterations, device="cpu", redo
     net = Net(model, phase="TEST", weights=weights)
     net.eval()
     net.to(device)
-    # Every named blob, exactly as the layer-by-layer forward computes it (inference mode would
-    # fold layers into one another and round differently).
-    net.set_inference(False)
     for blob in blobs:
         if blob not in net.blob_shapes:
             raise ProtonetError(f"Unknown feature blob name {blob} in the network {model}")
