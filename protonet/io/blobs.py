@@ -3,9 +3,12 @@
 Blob data travels as raw little-endian bytes in the packed `data` field (BlobProto field 5),
 never as Python lists: VGG-sized nets hold 10^8 floats.
 """
+import math
+
 import numpy as np
 
 from protonet import caffe_pb2
+from protonet.errors import ProtonetError
 
 # wire tags (field number << 3 | length-delimited) of BlobProto's fields
 _TAG_SHAPE = b"\x3a"  # shape = 7
@@ -13,6 +16,19 @@ _TAG_DATA = b"\x2a"  # data = 5, packed float
 _TAG_DIFF = b"\x32"  # diff = 6, packed float
 _TAG_DIM = b"\x0a"  # BlobShape.dim = 1, packed int64
 _LEGACY_DIMS = ("num", "channels", "height", "width")
+
+
+class BlobError(ProtonetError, ValueError):
+    """A stored blob whose values do not fill its shape, or whose shape is not a shape."""
+
+
+def shape_count(shape):
+    """The number of values a shape needs, in Python ints (no int64 wrap-around); BlobError for a
+    negative dimension."""
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise BlobError(f"shape {list(shape)} has a negative dimension")
+    return math.prod(shape)
 
 
 def varint(value):
@@ -55,7 +71,7 @@ def blob_to_array(blob, diff=False, shape=None):
     With `shape`, the blob must fit it as Caffe's ShapeEquals decides (else ValueError) and the array
     takes that shape, as when Caffe copies trained weights into a net's blobs."""
     if shape is not None and not blob_fits_shape(blob, shape):
-        raise ValueError(f"stored shape {list(blob_shape(blob))} does not fit {list(shape)}")
+        raise BlobError(f"stored shape {list(blob_shape(blob))} does not fit {list(shape)}")
     shape = blob_shape(blob) if shape is None else tuple(int(d) for d in shape)
     if diff:
         values = blob.double_diff if len(blob.double_diff) else blob.diff
@@ -63,10 +79,10 @@ def blob_to_array(blob, diff=False, shape=None):
     else:
         values = blob.double_data if len(blob.double_data) else blob.data
         dtype = np.float64 if len(blob.double_data) else np.float32
-    arr = np.asarray(values, dtype=dtype)
-    if arr.size != int(np.prod(shape)):
-        raise ValueError(f"blob holds {arr.size} values but its shape {list(shape)} needs {int(np.prod(shape))}")
-    return arr.reshape(shape)
+    need = shape_count(shape)
+    if len(values) != need:
+        raise BlobError(f"blob holds {len(values)} values but its shape {list(shape)} needs {need}")
+    return np.asarray(values, dtype=dtype).reshape(shape)
 
 
 def _as_float32(arr):

@@ -3,7 +3,7 @@ name of the .caffemodel written with it), as Caffe's solvers snapshot them."""
 import os
 
 from protonet import caffe_pb2
-from protonet.io.blobs import array_to_blob, blob_field_pieces, blob_to_array, serialize_around
+from protonet.io.blobs import BlobError, array_to_blob, blob_field_pieces, blob_to_array, serialize_around
 from protonet.io.prototxt import atomic_open, read_binary_proto
 
 _HISTORY = 3  # SolverState.history
@@ -13,9 +13,15 @@ def read_solverstate(path):
     return read_binary_proto(os.fspath(path), caffe_pb2.SolverState)
 
 
-def solverstate_history_arrays(state):
+def solverstate_history_arrays(state, source="solverstate"):
     """The history blobs as float arrays, in the solver's learnable-parameter order."""
-    return [blob_to_array(b) for b in state.history]
+    arrays = []
+    for i, blob in enumerate(state.history):
+        try:
+            arrays.append(blob_to_array(blob))
+        except BlobError as exc:
+            raise BlobError(f"{source}: history blob {i}: {exc}") from None
+    return arrays
 
 
 def make_solverstate(iteration, learned_net="", current_step=0, history=()):

@@ -48,6 +48,8 @@ class NetContext:
     world_size: int = 1
     data_workers: int | None = None  # worker processes for data layers (None: the layer decides)
     root_dir: str | None = None      # relative paths (sources, label maps) resolve against it
+    max_memory: int | None = None    # bytes a net may need when built (None: the machine's memory)
+    strict_data: bool = False        # a corrupt record or one with bad boxes is an error, not skipped
     extras: dict = field(default_factory=dict)
 
 

@@ -21,9 +21,10 @@ import torch
 
 from protonet import caffe_pb2
 from protonet.data.loader import BatchMaker, LmdbSource, Prefetcher
-from protonet.data.records import CorruptRecord, LmdbReader, Sample, first_good_record
+from protonet.data.records import CorruptRecord, LmdbReader, Sample, first_good_record, read_image_file
 from protonet.data.transform import AnnotatedPipeline, Transformer, label_rows
 from protonet.errors import ProtonetError
+from protonet.io.prototxt import read_utf8_lines
 from protonet.layers.base import Layer, register
 
 R = caffe_pb2.ResizeParameter
@@ -96,7 +97,7 @@ class _PipelineLayer(Layer):
             shuffle = _flag(ctx, "data_shuffle", "PROTONET_DATA_SHUFFLE")
         maker = BatchMaker(source, batch_size, process, labels if self.n_tops > 1 else _no_labels,
                            seed=(seed + salt) % 2**32, rank=ctx.rank, world_size=ctx.world_size,
-                           shuffle=shuffle, skip=skip, name=self.name,
+                           shuffle=shuffle, skip=skip, name=self.name, strict=ctx.strict_data,
                            same_shape=not (rp.resize_mode == R.FIT_SMALL_SIZE))
         self.batches = Prefetcher(maker, workers=ctx.data_workers,
                                   prefetch=self.param.data_param.prefetch or 4)
@@ -158,7 +159,7 @@ class AnnotatedData(_PipelineLayer):
                                   reencode_jpeg=_flag(ctx, "data_reencode_jpeg",
                                                       "PROTONET_DATA_REENCODE_JPEG"),
                                   where=f"layer {self.name}: transform_param")
-        first = first_good_record(reader, True, transformer.color_mode)
+        first = first_good_record(reader, True, transformer.color_mode, strict=ctx.strict_data)
         annotated = first.annotated or adp.HasField("anno_type")
         if adp.HasField("anno_type") and adp.anno_type != caffe_pb2.AnnotatedDatum.BBOX:
             raise ProtonetError(f"layer {self.name}: unknown anno_type {adp.anno_type}")
@@ -183,7 +184,7 @@ class Data(_PipelineLayer):
         reader = _open_lmdb(self, ctx)
         transformer = Transformer(param.transform_param, ctx.phase, root_dir=ctx.root_dir,
                                   where=f"layer {self.name}: transform_param")
-        first = first_good_record(reader, False, transformer.color_mode)
+        first = first_good_record(reader, False, transformer.color_mode, strict=ctx.strict_data)
         self._setup(LmdbSource(reader, False, transformer.color_mode), first,
                     _Transform(transformer), _scalar_labels, param.data_param.batch_size,
                     transformer, skip=_skip(param.data_param.rand_skip, ctx))
@@ -196,17 +197,15 @@ class ImageListSource:
         if not os.path.isfile(list_path):
             raise ProtonetError(f"layer {name}: {list_path}: no such image list")
         self.lines = []
-        with open(list_path) as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\n")
-                if not line.strip():
-                    continue
-                path, _, label = line.rpartition(" ")
-                try:
-                    self.lines.append((path, int(label), lineno))
-                except ValueError:
-                    raise ProtonetError(f"{list_path}:{lineno}: expected 'path label', "
-                                        f"got {line!r}") from None
+        for lineno, line in enumerate(read_utf8_lines(list_path), 1):
+            if not line.strip():
+                continue
+            path, _, label = line.rpartition(" ")
+            try:
+                self.lines.append((path, int(label), lineno))
+            except ValueError:
+                raise ProtonetError(f"{list_path}:{lineno}: expected 'path label', "
+                                    f"got {line!r}") from None
         if not self.lines:
             raise ProtonetError(f"layer {name}: {list_path}: the image list is empty")
         self.list_path = list_path
@@ -219,7 +218,7 @@ class ImageListSource:
 
     def load(self, index):
         path, label, lineno = self.lines[index]
-        img = cv2.imread(self.root + path, self.flag)
+        img = read_image_file(self.root + path, self.flag)
         if img is None:
             raise CorruptRecord(f"{self.list_path}:{lineno}: cannot read image {self.root + path}")
         if self.size:

@@ -47,11 +47,13 @@ class PriorBox(Layer):
         where = f"layer {self.name} (PriorBox)"
         if len(p.min_size) == 0:
             raise ProtonetError(f"{where}: must provide min_size")
-        if any(m <= 0 for m in p.min_size):
-            raise ProtonetError(f"{where}: min_size must be positive")
+        if any(not 0 < m < math.inf for m in list(p.min_size) + list(p.max_size)):
+            raise ProtonetError(f"{where}: min_size and max_size must be positive and finite")
         self.min_sizes = [int(_f32(m)) for m in p.min_size]
         ratios = [_f32(1.0)]
         for a in p.aspect_ratio:
+            if not 0 < a < math.inf:
+                raise ProtonetError(f"{where}: aspect_ratio {a:g} must be positive and finite")
             a = _f32(a)
             if any(abs(_f32(a - e)) < 1e-6 for e in ratios):
                 continue
@@ -71,8 +73,8 @@ class PriorBox(Layer):
         if len(p.variance) > 1:
             if len(p.variance) != 4:
                 raise ProtonetError(f"{where}: give 1 or 4 variances, got {len(p.variance)}")
-        if any(v <= 0 for v in p.variance):
-            raise ProtonetError(f"{where}: variance must be positive")
+        if any(not 0 < v < math.inf for v in p.variance):
+            raise ProtonetError(f"{where}: variance must be positive and finite")
         self.variance = [float(v) for v in p.variance] or [0.1]
         if p.HasField("img_h") or p.HasField("img_w"):
             if p.HasField("img_size"):

@@ -24,9 +24,8 @@ class BatchNormLayer(Layer):
         self.maf = p.moving_average_fraction
         self.eps = p.eps
         self.channels = 1 if len(shape) == 1 else shape[1]
-        self.add_blob(torch.zeros(self.channels), learnable=False)
-        self.add_blob(torch.zeros(self.channels), learnable=False)
-        self.add_blob(torch.zeros(1), learnable=False)
+        for i, blob_shape in enumerate(((self.channels,), (self.channels,), (1,))):
+            self.add_blob(fill(blob_shape, None, f"layer {self.name} (BatchNorm) blob {i}"), learnable=False)
         self.top_shapes = [shape]
 
     def _view(self, t, x):

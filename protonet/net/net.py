@@ -14,12 +14,13 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from protonet import caffe_pb2
+from protonet import caffe_pb2, sizes
 from protonet.errors import ProtonetError, ShapeError
 from protonet.io.blobs import array_to_blob, blob_to_array
-from protonet.io.prototxt import read_prototxt
+from protonet.io.prototxt import count_layer_blocks, read_prototxt
 from protonet.io.upgrade import upgrade_net
 from protonet.layers.base import NetContext, layer_class
+from protonet.net.field_limits import check_layer_fields
 from protonet.net.filtering import filter_net, parse_phase
 
 log = logging.getLogger("protonet.net")
@@ -58,7 +59,10 @@ class Net(nn.Module):
 
     def __init__(self, net, phase=None, stages=(), level=0, weights=None, ctx=None):
         super().__init__()
-        param, where = self._read(net)
+        # Every blob's bytes are reserved against this budget before they are allocated (protonet.sizes);
+        # the layers' own Python objects first, from their count, before the file is even parsed.
+        budget = sizes.MemoryBudget(ctx.max_memory if ctx is not None else None)
+        param, where = self._read(net, budget)
         if phase is None:
             phase = ctx.phase if ctx is not None else (param.state.phase if param.state.HasField("phase")
                                                        else caffe_pb2.TEST)
@@ -89,22 +93,34 @@ class Net(nn.Module):
         self._steps = []
         self._owners = []          # (layer name, blob index, lr_mult, decay_mult) per owned blob, Caffe order
         self._modules_list = nn.ModuleList()
-        self._build()
+        with sizes.active_budget(budget):
+            self._build()
         if weights is not None:
             self.load_weights(weights)
 
     # ------------------------------------------------------------------ building
     @staticmethod
-    def _read(net):
+    def _reserve_layers(budget, count, where):
+        budget.reserve(count * sizes.LAYER_BYTES, f"{where}: {count} layers (about "
+                       f"{sizes.format_bytes(sizes.LAYER_BYTES)} of Python objects each)")
+
+    @classmethod
+    def _read(cls, net, budget):
         if isinstance(net, caffe_pb2.NetParameter):
+            where = f"net {net.name or '?'}"
+            cls._reserve_layers(budget, len(net.layer) + len(net.layers), where)
             param = caffe_pb2.NetParameter()
             param.CopyFrom(net)
-            return param, f"net {net.name or '?'}"
+            return param, where
         if isinstance(net, (str, os.PathLike)):
-            return read_prototxt(net, caffe_pb2.NetParameter), os.fspath(net)
+            where = os.fspath(net)
+            cls._reserve_layers(budget, count_layer_blocks(where), where)
+            return read_prototxt(net, caffe_pb2.NetParameter), where
         raise ProtonetError(f"Net: expected a prototxt path or a NetParameter, got {type(net).__name__}")
 
     def _build(self):
+        """Build the layers in order; every blob's size is checked (and its bytes reserved against the
+        active memory budget) before it is allocated: see protonet.sizes."""
         shapes = self.blob_shapes
         available = OrderedDict()      # blobs not yet consumed: the net's outputs at the end
         shared = {}                     # param name -> (layer name, blob index, ParamSpec of owner)
@@ -112,6 +128,7 @@ class Net(nn.Module):
             name = lparam.name
             if name in self.layers:
                 raise ProtonetError(f"layer {name}: a second layer has the same name")
+            check_layer_fields(lparam)
             if not lparam.HasField("phase"):
                 lparam.phase = self.phase
             bottoms = list(lparam.bottom)
@@ -135,6 +152,8 @@ class Net(nn.Module):
                 if in_place and top_shapes[i] != shapes[t]:
                     raise ShapeError(f"layer {name} ({lparam.type}): in-place top '{t}' would change shape "
                                      f"{list(shapes[t])} -> {list(top_shapes[i])}")
+                if not in_place:
+                    sizes.reserve_blob(top_shapes[i], f"layer {name} ({lparam.type}): top '{t}'")
             for b in bottoms:
                 available.pop(b, None)
             for t, s in zip(tops, top_shapes):
