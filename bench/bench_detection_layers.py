@@ -20,7 +20,9 @@ from google.protobuf import text_format
 
 from protonet import box, caffe_pb2
 from protonet.layers.base import NetContext
-from protonet.layers.detection import DetectionOutput, MultiBoxLoss, PriorBox
+from protonet.layers.detection_output import DetectionOutputLayer
+from protonet.layers.multibox_loss import MultiBoxLossLayer
+from protonet.layers.priorbox import PriorBoxLayer
 
 SSD_MAPS = [(38, 30, 60, [2], 8), (19, 60, 111, [2, 3], 16), (10, 111, 162, [2, 3], 32),
             (5, 162, 213, [2, 3], 64), (3, 213, 264, [2], 100), (1, 264, 315, [2], 300)]
@@ -45,7 +47,7 @@ def ssd300_priors():
         p = layer_param("PriorBox", f"prior_box_param {{ min_size: {mn} max_size: {mx} "
                                     f"{' '.join(f'aspect_ratio: {a}' for a in ars)} flip: true "
                                     f"variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 step: {step} }}")
-        out.append(PriorBox(p, [(1, 1, size, size), (1, 3, 300, 300)], NetContext()).priors(size, size, 300, 300))
+        out.append(PriorBoxLayer(p, [(1, 1, size, size), (1, 3, 300, 300)], NetContext()).priors(size, size, 300, 300))
     return torch.from_numpy(np.concatenate(out, axis=1))[None]
 
 
@@ -184,16 +186,16 @@ def main():
     conf = torch.softmax(logits.view(N, -1, 21), -1).view(N, -1)
     shapes = [tuple(loc.shape), tuple(logits.shape), tuple(prior.shape)]
     one = [(1,) + s[1:] for s in shapes]
-    loss_n = MultiBoxLoss(layer_param("MultiBoxLoss", LOSS), shapes + [tuple(label.shape)], NetContext())
-    out_n = DetectionOutput(layer_param("DetectionOutput", OUT), shapes, NetContext())
-    out_1 = DetectionOutput(layer_param("DetectionOutput", OUT), one, NetContext())
+    loss_n = MultiBoxLossLayer(layer_param("MultiBoxLoss", LOSS), shapes + [tuple(label.shape)], NetContext())
+    out_n = DetectionOutputLayer(layer_param("DetectionOutput", OUT), shapes, NetContext())
+    out_1 = DetectionOutputLayer(layer_param("DetectionOutput", OUT), one, NetContext())
     labels_1 = []
     for i in range(N):
         rows = label.view(-1, 8)
         r = rows[rows[:, 0] == i].clone()
         r[:, 0] = 0
         labels_1.append(r.view(1, 1, -1, 8))
-    loss_1 = [MultiBoxLoss(layer_param("MultiBoxLoss", LOSS), one + [tuple(labels_1[i].shape)], NetContext())
+    loss_1 = [MultiBoxLossLayer(layer_param("MultiBoxLoss", LOSS), one + [tuple(labels_1[i].shape)], NetContext())
               for i in range(N)]
 
     def batched_loss():

@@ -5,9 +5,11 @@ leading axes, so one call serves a whole batch (and runs where the tensors live:
 Where Caffe's float arithmetic has a visible quirk (the size of an inverted box is 0, IoU needs
 a strictly positive intersection, scores pass a threshold with a strict '>'), it is kept here.
 """
+import numpy as np
 import torch
 
 from protonet import caffe_pb2
+from protonet.errors import ShapeError
 
 CORNER = caffe_pb2.PriorBoxParameter.CORNER
 CENTER_SIZE = caffe_pb2.PriorBoxParameter.CENTER_SIZE
@@ -18,9 +20,9 @@ PER_PREDICTION = caffe_pb2.MultiBoxLossParameter.PER_PREDICTION
 
 # Caffe keeps an overlap for matching only when it exceeds this.
 MIN_MATCH_OVERLAP = 1e-6
-# Match index of a prior left out by ignore_cross_boundary_bbox.
-IGNORED = -2
+# Match indices >= 0 name a ground truth; these two mark a prior without one.
 UNMATCHED = -1
+IGNORED = -2  # left out by ignore_cross_boundary_bbox
 
 
 def box_size(boxes, normalized=True):
@@ -53,19 +55,6 @@ def iou(a, b, normalized=True):
     union = box_size(b, normalized).unsqueeze(-2) + box_size(a, normalized).unsqueeze(-1)
     union -= inter
     return torch.nan_to_num_(inter.div_(union), nan=0.0)
-
-
-def iou_aligned(a, b, normalized=True):
-    """Jaccard overlap of corresponding boxes: a, b [..., 4] -> [...]."""
-    iw = torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])
-    ih = torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])
-    if not normalized:
-        iw = iw + 1
-        ih = ih + 1
-    inter = iw * ih
-    union = box_size(a, normalized) + box_size(b, normalized) - inter
-    ok = (iw > 0) & (ih > 0)
-    return torch.where(ok, inter / torch.where(ok, union, torch.ones_like(union)), torch.zeros_like(inter))
 
 
 def clip(boxes, height=1.0, width=1.0):
@@ -305,3 +294,71 @@ def _greedy(over, valid, table):
         keep[:, k] = ok
         kept_count += ok.long()
     return keep
+
+
+# --------------------------------------------------------------------------------------------
+# Detection heads: the priors blob, the shapes of loc/conf/prior, boxes in pixels
+
+
+def split_priors(prior, num_priors):
+    """PriorBox's blob [1, 2, P*4] -> (boxes [P, 4], variances [P, 4]), both detached."""
+    p = prior.detach().reshape(2, num_priors, 4)
+    return p[0], p[1]
+
+
+def _per_image(shape):
+    return int(np.prod(shape[1:], dtype=np.int64))
+
+
+def check_head_shapes(where, loc, conf, prior, loc_classes, num_classes, arm_conf=None, arm_loc=None):
+    """The number of priors P, after checking that the head shapes fit it: loc [N, P*loc_classes*4],
+    conf [N, P*num_classes], prior [1, 2, P*4] and RefineDet's arm_conf [N, P*2], arm_loc [N, P*4]
+    (values per image; any axes)."""
+    P = prior[-1] // 4 if len(prior) == 3 else _per_image(prior) // 8
+    if _per_image(loc) != P * loc_classes * 4:
+        raise ShapeError(f"{where}: loc has {_per_image(loc)} values per image, expected "
+                         f"{P * loc_classes * 4} for {P} priors")
+    if _per_image(conf) != P * num_classes:
+        raise ShapeError(f"{where}: conf has {_per_image(conf)} values per image, expected "
+                         f"{P * num_classes} for {P} priors")
+    if loc[0] != conf[0]:
+        raise ShapeError(f"{where}: loc and conf have different batch sizes")
+    if arm_conf is not None and _per_image(arm_conf) != P * 2:
+        raise ShapeError(f"{where}: arm_conf must have {P * 2} values per image")
+    if arm_loc is not None and _per_image(arm_loc) != P * 4:
+        raise ShapeError(f"{where}: arm_loc must have {P * 4} values per image")
+    return P
+
+
+def output_box(b, size, resize_param=None):
+    """The fork's OutputBBox: a normalised box [4] (numpy) to pixels of an image (height, width)."""
+    f32 = np.float32
+    height, width = size
+    b = np.asarray(b, dtype=f32)
+    if resize_param is not None and resize_param.resize_mode:
+        rp = resize_param
+        RP = caffe_pb2.ResizeParameter
+        if rp.resize_mode == RP.WARP:
+            pass
+        elif rp.resize_mode == RP.FIT_LARGE_SIZE_AND_PAD:
+            rh, rw = f32(rp.height), f32(rp.width)
+            aspect = f32(f32(width) / f32(height))
+            if aspect > f32(rw / rh):
+                pad = f32((rh - rw / aspect) / 2)
+                src = np.array([0, pad / rh, 1, 1 - pad / rh], dtype=f32)
+            else:
+                pad = f32((rw - rh * aspect) / 2)
+                src = np.array([pad / rw, 0, 1 - pad / rw, 1], dtype=f32)
+            if (b[0] >= src[2] or b[2] <= src[0] or b[1] >= src[3] or b[3] <= src[1]):
+                b = b.copy()  # no projection: the fork keeps the box as it was
+            else:
+                sw, sh = src[2] - src[0], src[3] - src[1]
+                b = np.array([(b[0] - src[0]) / sw, (b[1] - src[1]) / sh,
+                              (b[2] - src[0]) / sw, (b[3] - src[1]) / sh], dtype=f32)
+                b = np.clip(b, 0, 1)
+        elif rp.resize_mode == RP.FIT_SMALL_SIZE:
+            if rp.height_scale and rp.width_scale:
+                b = b * np.array([rp.width_scale, rp.height_scale] * 2, dtype=f32)
+                return np.clip(b, 0, np.array([width, height] * 2, dtype=f32))
+    b = np.clip(b, 0, 1)
+    return (b * np.array([width, height, width, height], dtype=f32)).astype(f32)

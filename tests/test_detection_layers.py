@@ -12,8 +12,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from protonet import box, caffe_pb2
 from protonet.errors import ProtonetError, ShapeError
 from protonet.layers.base import NetContext
-from protonet.layers.detection import (DetectionEvaluate, DetectionOutput, MultiBoxLoss, Normalize, Permute,
-                                       PriorBox)
+from protonet.layers.common import PermuteLayer
+from protonet.layers.detection_evaluate import DetectionEvaluateLayer
+from protonet.layers.detection_output import DetectionOutputLayer
+from protonet.layers.multibox_loss import MultiBoxLossLayer
+from protonet.layers.normalization import NormalizeLayer
+from protonet.layers.priorbox import PriorBoxLayer
 from test_box import ref_nms
 
 
@@ -27,10 +31,10 @@ def param(type_name, text, name="layer"):
 
 
 def test_priorbox_truncates_sizes_and_dedups_ratios():
-    layer = PriorBox(param("PriorBox", "prior_box_param { min_size: 21.7 max_size: 45.9 aspect_ratio: 1 "
-                                       "aspect_ratio: 2 aspect_ratio: 0.5 aspect_ratio: 2 flip: true "
-                                       "variance: 0.1 }"),
-                     [(1, 4, 2, 2), (1, 3, 64, 64)], NetContext())
+    layer = PriorBoxLayer(param("PriorBox", "prior_box_param { min_size: 21.7 max_size: 45.9 aspect_ratio: 1 "
+                                            "aspect_ratio: 2 aspect_ratio: 0.5 aspect_ratio: 2 flip: true "
+                                            "variance: 0.1 }"),
+                          [(1, 4, 2, 2), (1, 3, 64, 64)], NetContext())
     # 1, sqrt(21*45), 2, 1/2 (0.5 and the repeated 2 are already there).
     assert layer.num_priors == 4
     out = layer(torch.zeros(1, 4, 2, 2), torch.zeros(1, 3, 64, 64))
@@ -53,7 +57,7 @@ def test_priorbox_truncates_sizes_and_dedups_ratios():
 ])
 def test_priorbox_errors(text, error):
     with pytest.raises(ProtonetError, match=error):
-        PriorBox(param("PriorBox", text, "pb"), [(1, 4, 2, 2), (1, 3, 20, 20)], NetContext())
+        PriorBoxLayer(param("PriorBox", text, "pb"), [(1, 4, 2, 2), (1, 3, 20, 20)], NetContext())
 
 
 # --- Normalize / Permute -------------------------------------------------------------------
@@ -61,12 +65,12 @@ def test_priorbox_errors(text, error):
 
 @pytest.mark.parametrize("across", [True, False])
 def test_normalize_gradcheck_shared_scale(across):
-    layer = Normalize(param("Normalize", f"norm_param {{ across_spatial: {str(across).lower()} channel_shared: true "
-                                         "scale_filler { type: 'constant' value: 3 } }"),
-                      [(2, 3, 4, 5)], NetContext())
+    layer = NormalizeLayer(param("Normalize", f"norm_param {{ across_spatial: {str(across).lower()} "
+                                              "channel_shared: true scale_filler { type: 'constant' value: 3 } }"),
+                           [(2, 3, 4, 5)], NetContext())
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
     scale = layer.blobs[0].detach().double().requires_grad_(True)
-    from protonet.layers.detection import _CaffeNormalize
+    from protonet.layers.normalization import _CaffeNormalize
 
     assert torch.autograd.gradcheck(lambda a, s: _CaffeNormalize.apply(a, s, across, 1e-10), (x, scale))
 
@@ -75,7 +79,7 @@ def test_normalize_gradcheck_per_channel_scale():
     """Per-channel scales: the fork's backward equals the true gradient w.r.t. x only when the
     scales are equal (its formula skips the scale inside the projection); the scale gradient is
     always the true one. Unequal scales are covered by the goldens."""
-    from protonet.layers.detection import _CaffeNormalize
+    from protonet.layers.normalization import _CaffeNormalize
 
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     equal = torch.full((4,), 2.5, dtype=torch.float64, requires_grad=True)
@@ -85,21 +89,21 @@ def test_normalize_gradcheck_per_channel_scale():
 
 
 def test_normalize_default_scale_and_errors():
-    layer = Normalize(param("Normalize", "norm_param { channel_shared: false }"), [(1, 3, 2, 2)], NetContext())
+    layer = NormalizeLayer(param("Normalize", "norm_param { channel_shared: false }"), [(1, 3, 2, 2)], NetContext())
     assert layer.blobs[0].shape == (3,) and torch.all(layer.blobs[0] == 1)
     with pytest.raises(ShapeError, match="n1"):
-        Normalize(param("Normalize", "", "n1"), [(3,)], NetContext())
+        NormalizeLayer(param("Normalize", "", "n1"), [(3,)], NetContext())
 
 
 def test_permute_gradcheck_and_completion():
-    layer = Permute(param("Permute", "permute_param { order: 0 order: 3 }"), [(2, 3, 4, 5)], NetContext())
+    layer = PermuteLayer(param("Permute", "permute_param { order: 0 order: 3 }"), [(2, 3, 4, 5)], NetContext())
     assert layer.order == [0, 3, 1, 2] and layer.top_shapes == [(2, 5, 3, 4)]
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(layer, (x,))
     with pytest.raises(ShapeError, match="p1"):
-        Permute(param("Permute", "permute_param { order: 4 }", "p1"), [(2, 3, 4, 5)], NetContext())
+        PermuteLayer(param("Permute", "permute_param { order: 4 }", "p1"), [(2, 3, 4, 5)], NetContext())
     with pytest.raises(ProtonetError, match="duplicate"):
-        Permute(param("Permute", "permute_param { order: 1 order: 1 }", "p1"), [(2, 3, 4, 5)], NetContext())
+        PermuteLayer(param("Permute", "permute_param { order: 1 order: 1 }", "p1"), [(2, 3, 4, 5)], NetContext())
 
 
 # --- DetectionOutput against a loop port -----------------------------------------------------
@@ -178,7 +182,7 @@ def test_detection_output_equals_reference(case):
     dp = p.detection_output_param
     Lc = 1 if dp.share_location else 4
     loc, conf, prior = random_detection_inputs(gen, 3, 80, 4, Lc)
-    layer = DetectionOutput(p, [tuple(loc.shape), tuple(conf.shape), tuple(prior.shape)], NetContext())
+    layer = DetectionOutputLayer(p, [tuple(loc.shape), tuple(conf.shape), tuple(prior.shape)], NetContext())
     out = layer(loc, conf, prior)[0, 0].numpy()
     ref = ref_detection_output(dp, loc, conf, prior)
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-7)
@@ -191,7 +195,7 @@ def test_detection_output_refinedet_equals_reference():
     loc, conf, prior = random_detection_inputs(gen, 2, 60, 3, 1)
     arm_conf = torch.softmax(torch.tensor(gen.normal(0, 2, (2, 60, 2)), dtype=torch.float32), -1).view(2, -1)
     arm_loc = torch.tensor(gen.normal(0, 0.3, (2, 240)), dtype=torch.float32)
-    layer = DetectionOutput(p, [tuple(t.shape) for t in (loc, conf, prior, arm_conf, arm_loc)], NetContext())
+    layer = DetectionOutputLayer(p, [tuple(t.shape) for t in (loc, conf, prior, arm_conf, arm_loc)], NetContext())
     out = layer(loc, conf, prior, arm_conf, arm_loc)[0, 0].numpy()
     ref = ref_detection_output(p.detection_output_param, loc, conf, prior, arm_conf, arm_loc)
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-7)
@@ -212,7 +216,7 @@ def test_detection_output_writes_voc_and_coco_files(tmp_path):
             save_output_param {{ output_directory: '{out_dir}' output_name_prefix: 'det_' output_format: '{fmt}'
               label_map_file: '{tmp_path / "labelmap.prototxt"}' name_size_file: '{tmp_path / "sizes.txt"}'
               num_test_image: 2 }} }}""")
-        layer = DetectionOutput(p, [tuple(t.shape) for t in (loc, conf, prior)], NetContext())
+        layer = DetectionOutputLayer(p, [tuple(t.shape) for t in (loc, conf, prior)], NetContext())
         outputs[fmt] = layer(loc, conf, prior)[0, 0].numpy()
     rows = outputs["VOC"]
     voc = {name: (tmp_path / "VOC" / f"det_{name}.txt").read_text().splitlines() for name in ("cat", "dog")}
@@ -232,11 +236,11 @@ def test_detection_output_writes_voc_and_coco_files(tmp_path):
 
 def test_detection_output_errors():
     with pytest.raises(ProtonetError, match="num_classes"):
-        DetectionOutput(param("DetectionOutput", "detection_output_param { }", "d1"),
-                        [(1, 16), (1, 12), (1, 2, 16)], NetContext())
+        DetectionOutputLayer(param("DetectionOutput", "detection_output_param { }", "d1"),
+                             [(1, 16), (1, 12), (1, 2, 16)], NetContext())
     with pytest.raises(ShapeError, match="d1"):
-        DetectionOutput(param("DetectionOutput", "detection_output_param { num_classes: 3 }", "d1"),
-                        [(1, 16), (1, 10), (1, 2, 16)], NetContext())
+        DetectionOutputLayer(param("DetectionOutput", "detection_output_param { num_classes: 3 }", "d1"),
+                             [(1, 16), (1, 10), (1, 2, 16)], NetContext())
 
 
 # --- DetectionEvaluate ---------------------------------------------------------------------
@@ -254,7 +258,7 @@ def test_detection_evaluate_pixel_coordinates(tmp_path):
     gt = torch.tensor([[0, 1, 0, 0.10, 0.10, 0.30, 0.31, 0],
                        [1, 1, 0, 0.50, 0.50, 0.70, 0.70, 0],
                        [1, 2, 0, 0.50, 0.50, 0.70, 0.70, 1]]).view(1, 1, -1, 8)
-    layer = DetectionEvaluate(p, [tuple(det.shape), tuple(gt.shape)], NetContext())
+    layer = DetectionEvaluateLayer(p, [tuple(det.shape), tuple(gt.shape)], NetContext())
     out = layer(det, gt)[0, 0].tolist()
     assert out[:2] == [[-1, 1, 2, -1, -1], [-1, 2, 0, -1, -1]]
     assert [r[3:] for r in out[2:]] == [[1, 0], [0, 1], [0, 1], [0, 1]]
@@ -282,7 +286,7 @@ def ssd300_priors():
         p = param("PriorBox", f"prior_box_param {{ min_size: {mn} max_size: {mx} "
                               f"{' '.join(f'aspect_ratio: {a}' for a in ars)} flip: true clip: false "
                               f"variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 step: {step} offset: 0.5 }}")
-        out.append(PriorBox(p, [(1, 1, size, size), (1, 3, 300, 300)], NetContext()).priors(size, size, 300, 300))
+        out.append(PriorBoxLayer(p, [(1, 1, size, size), (1, 3, 300, 300)], NetContext()).priors(size, size, 300, 300))
     return torch.from_numpy(np.concatenate(out, axis=1))[None]
 
 
@@ -329,10 +333,11 @@ def test_no_python_loop_over_the_batch_op_counts(ssd300):
     counts = {}
     for num in (1, 8):
         loc, conf, label = ssd300_batch(num, np.random.default_rng(0))
-        loss = MultiBoxLoss(param("MultiBoxLoss", SSD_LOSS), [tuple(loc.shape), tuple(conf.shape),
-                                                               tuple(ssd300.shape), tuple(label.shape)], NetContext())
-        out = DetectionOutput(param("DetectionOutput", SSD_OUT), [tuple(loc.shape), tuple(conf.shape),
-                                                                  tuple(ssd300.shape)], NetContext())
+        loss = MultiBoxLossLayer(param("MultiBoxLoss", SSD_LOSS), [tuple(loc.shape), tuple(conf.shape),
+                                                                    tuple(ssd300.shape), tuple(label.shape)],
+                                 NetContext())
+        out = DetectionOutputLayer(param("DetectionOutput", SSD_OUT), [tuple(loc.shape), tuple(conf.shape),
+                                                                       tuple(ssd300.shape)], NetContext())
         logits = torch.log(conf)
         with CountOps() as c_loss:
             run_loss(loss, loc, logits, ssd300, label)

@@ -9,7 +9,8 @@ from google.protobuf import text_format
 
 from protonet import box, caffe_pb2
 from protonet.layers.base import NetContext
-from protonet.layers.detection import MultiBoxLoss, PriorBox
+from protonet.layers.multibox_loss import MultiBoxLossLayer
+from protonet.layers.priorbox import PriorBoxLayer
 from test_box import ref_match
 
 MBL = caffe_pb2.MultiBoxLossParameter
@@ -26,7 +27,7 @@ def priors_for(maps=((4, 8, 16, [2.0]), (2, 16, 28, [2.0, 3.0])), image=32):
         p.aspect_ratio.extend(ars)
         p.flip = True
         p.variance.extend([0.1, 0.1, 0.2, 0.2])
-        layer = PriorBox(param, [(1, 1, size, size), (1, 3, image, image)], NetContext())
+        layer = PriorBoxLayer(param, [(1, 1, size, size), (1, 3, image, image)], NetContext())
         out.append(layer.priors(size, size, image, image))
     return torch.from_numpy(np.concatenate(out, axis=1))[None]
 
@@ -293,8 +294,8 @@ def make_inputs(case, seed=0, dtype=torch.float32):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_multibox_loss_equals_reference(case):
     param, loc, conf, prior, label = make_inputs(case)
-    layer = MultiBoxLoss(param, [tuple(loc.shape), tuple(conf.shape), tuple(prior.shape), tuple(label.shape)],
-                         NetContext(phase=caffe_pb2.TRAIN))
+    layer = MultiBoxLossLayer(param, [tuple(loc.shape), tuple(conf.shape), tuple(prior.shape), tuple(label.shape)],
+                              NetContext(phase=caffe_pb2.TRAIN))
     loc.requires_grad_(True)
     conf.requires_grad_(True)
     loss = layer(loc, conf, prior, label)
@@ -318,7 +319,7 @@ def test_refinedet_odm_equals_reference():
     arm_conf = torch.softmax(torch.tensor(gen.normal(0, 2, (N, P, 2)), dtype=torch.float32), -1).view(N, -1)
     arm_loc = torch.tensor(gen.normal(0, 0.3, (N, P * 4)), dtype=torch.float32)
     shapes = [tuple(t.shape) for t in (loc, conf, prior, label, arm_conf, arm_loc)]
-    layer = MultiBoxLoss(param, shapes, NetContext(phase=caffe_pb2.TRAIN))
+    layer = MultiBoxLossLayer(param, shapes, NetContext(phase=caffe_pb2.TRAIN))
     loc.requires_grad_(True)
     conf.requires_grad_(True)
     loss = layer(loc, conf, prior, label, arm_conf, arm_loc)
@@ -338,8 +339,8 @@ def test_multibox_loss_gradcheck(case):
     """float64 gradcheck w.r.t. loc and conf; matching and mining are fixed by the inputs (the
     small perturbations of gradcheck do not change them)."""
     param, loc, conf, prior, label = make_inputs(case, seed=1, dtype=torch.float64)
-    layer = MultiBoxLoss(param, [tuple(loc.shape), tuple(conf.shape), tuple(prior.shape), tuple(label.shape)],
-                         NetContext(phase=caffe_pb2.TRAIN))
+    layer = MultiBoxLossLayer(param, [tuple(loc.shape), tuple(conf.shape), tuple(prior.shape), tuple(label.shape)],
+                              NetContext(phase=caffe_pb2.TRAIN))
     loc.requires_grad_(True)
     conf.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a, b: layer(a, b, prior, label), (loc, conf), eps=1e-6, atol=1e-5,
@@ -350,8 +351,8 @@ def test_variance_in_target_gradient_is_the_forks():
     """With encode_variance_in_target the fork divides prediction and target by the variance
     but copies the gradient back unscaled; protonet keeps that (a documented Caffe quirk)."""
     param, loc, conf, prior, label = make_inputs("variance_in_target", seed=2, dtype=torch.float64)
-    layer = MultiBoxLoss(param, [tuple(loc.shape), tuple(conf.shape), tuple(prior.shape), tuple(label.shape)],
-                         NetContext(phase=caffe_pb2.TRAIN))
+    layer = MultiBoxLossLayer(param, [tuple(loc.shape), tuple(conf.shape), tuple(prior.shape), tuple(label.shape)],
+                              NetContext(phase=caffe_pb2.TRAIN))
     loc.requires_grad_(True)
     layer(loc, conf, prior, label).backward()
     g = loc.grad.view(-1)
@@ -371,7 +372,7 @@ def test_variance_in_target_gradient_is_the_forks():
 def test_num_classes_two_maps_labels_and_errors():
     param, loc, conf, prior, label = make_inputs("arm_two_classes")
     shapes = [tuple(t.shape) for t in (loc, conf, prior, label)]
-    layer = MultiBoxLoss(param, shapes, NetContext(phase=caffe_pb2.TRAIN))
+    layer = MultiBoxLossLayer(param, shapes, NetContext(phase=caffe_pb2.TRAIN))
     assert torch.isfinite(layer(loc, conf, prior, label))
     bad = label.clone()
     bad[0, 0, 0, 1] = 0  # background label in the ground truth
@@ -384,24 +385,24 @@ def test_shape_errors_name_the_layer():
 
     param, loc, conf, prior, label = make_inputs("logistic_max_negative")
     with pytest.raises(ShapeError, match="mbox_loss"):
-        MultiBoxLoss(param, [(3, 8), tuple(conf.shape), tuple(prior.shape), tuple(label.shape)], NetContext())
+        MultiBoxLossLayer(param, [(3, 8), tuple(conf.shape), tuple(prior.shape), tuple(label.shape)], NetContext())
     param.multibox_loss_param.share_location = False
     from protonet.errors import ProtonetError
 
     with pytest.raises(ProtonetError, match="share_location"):
-        MultiBoxLoss(param, [tuple(loc.shape), tuple(conf.shape), tuple(prior.shape), tuple(label.shape)],
-                     NetContext())
+        MultiBoxLossLayer(param, [tuple(loc.shape), tuple(conf.shape), tuple(prior.shape), tuple(label.shape)],
+                          NetContext())
 
 
 def test_propagate_down_false_drops_the_term():
     param, loc, conf, prior, label = make_inputs("logistic_max_negative")
     shapes = [tuple(t.shape) for t in (loc, conf, prior, label)]
-    full = MultiBoxLoss(param, shapes, NetContext())(loc, conf, prior, label)
+    full = MultiBoxLossLayer(param, shapes, NetContext())(loc, conf, prior, label)
     param.propagate_down.extend([True, False, False, False])
-    only_loc = MultiBoxLoss(param, shapes, NetContext())(loc, conf, prior, label)
+    only_loc = MultiBoxLossLayer(param, shapes, NetContext())(loc, conf, prior, label)
     del param.propagate_down[:]
     param.propagate_down.extend([False, True, False, False])
-    only_conf = MultiBoxLoss(param, shapes, NetContext())(loc, conf, prior, label)
+    only_conf = MultiBoxLossLayer(param, shapes, NetContext())(loc, conf, prior, label)
     assert float(only_loc) + float(only_conf) == pytest.approx(float(full), rel=1e-6)
     assert float(only_loc) > 0 and float(only_conf) > 0
 
@@ -412,7 +413,7 @@ def test_batch_without_any_ground_truth(case):
     background loss of every prior, as the fork."""
     param, loc, conf, prior, _ = make_inputs(case)
     empty = torch.tensor([[-1, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.float32).view(1, 1, 1, 8)
-    layer = MultiBoxLoss(param, [tuple(t.shape) for t in (loc, conf, prior, empty)], NetContext())
+    layer = MultiBoxLossLayer(param, [tuple(t.shape) for t in (loc, conf, prior, empty)], NetContext())
     loc.requires_grad_(True)
     conf.requires_grad_(True)
     loss = layer(loc, conf, prior, empty)

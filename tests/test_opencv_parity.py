@@ -159,7 +159,7 @@ def compare_with_opencv(key, tmp_path):
 
 def test_opencv_ignores_arm_loc_unlike_the_fork(tmp_path):
     """Why the RefineDet comparison zeroes arm_loc: on the fork's golden inputs OpenCV's boxes differ."""
-    import protonet.layers.detection  # noqa: F401  (the golden needs the detection layers)
+    import protonet.layers  # noqa: F401  (the golden needs the detection layers)
 
     golden = np.load(FIX / "detectionoutput_refinedet_golden.npz")
     text = (FIX / "detectionoutput_refinedet_cv.prototxt").read_text()

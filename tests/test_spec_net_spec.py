@@ -227,9 +227,8 @@ def test_make_message_and_compat_solver_parameter():
 
 
 def test_from_protonet_import_layers_works_after_the_layer_package_is_loaded():
-    """`protonet.layers` is also the package of layer implementations: once it is imported,
-    `from protonet import layers as L` finds the package, whose Caffe type names still give
-    NetSpec layers."""
+    """protonet/layers/ is also the package of layer implementations: once it is imported,
+    `from protonet import layers as L` still gives the NetSpec DSL."""
     import protonet.layers  # noqa: F401  (the implementations: registers every type)
     from protonet import NetSpec, layers as L, params as P
 
@@ -237,3 +236,26 @@ def test_from_protonet_import_layers_works_after_the_layer_package_is_loaded():
     n.data = L.Input(shape=dict(dim=[1, 3, 8, 8]))
     n.pool = L.Pooling(n.data, pool=P.Pooling.MAX, kernel_size=2)
     assert [layer.type for layer in n.to_proto().layer] == ["Input", "Pooling"]
+
+
+def test_the_layers_attribute_is_the_dsl_and_the_implementations_come_through_imports():
+    """The design chosen for the name clash (see protonet/__init__.py): the attribute
+    `protonet.layers` is always pycaffe's `L`; the torch package is reached by importing from it."""
+    import sys
+
+    import protonet.layers  # noqa: F401  (binds nothing over the DSL)
+    import protonet.spec
+    from protonet.layers import LAYERS
+    from protonet.layers.priorbox import PriorBoxLayer
+
+    assert protonet.layers is protonet.spec.layers is net_spec.layers
+    assert protonet.params is protonet.spec.params is net_spec.params
+    package = sys.modules["protonet.layers"]
+    assert package is not protonet.layers and package.LAYERS is LAYERS
+    assert LAYERS["PriorBox"] is PriorBoxLayer
+    # The package does not double as the DSL any more: no Caffe type names on it.
+    assert not hasattr(package, "Convolution") and not hasattr(package, "__getattr__")
+    # Other attributes of protonet are set as usual.
+    protonet._test_attribute = 1
+    assert protonet._test_attribute == 1
+    del protonet._test_attribute

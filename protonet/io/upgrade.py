@@ -395,11 +395,6 @@ def upgrade_batchnorm(net):
 # ---------------------------------------------------------------------------------------- net
 
 
-def net_needs_upgrade(net, input_fields_to_layer=False):
-    return (needs_v0_upgrade(net) or needs_v1_upgrade(net) or needs_data_upgrade(net)
-            or (input_fields_to_layer and needs_input_upgrade(net)) or needs_batchnorm_upgrade(net))
-
-
 def upgrade_net(net, source="<net>", input_fields_to_layer=False):
     """Upgrade a NetParameter in place as Caffe's UpgradeNetAsNeeded does (see the module doc).
 
@@ -428,10 +423,6 @@ def upgrade_net(net, source="<net>", input_fields_to_layer=False):
 
 
 # ------------------------------------------------------------------------------------- solver
-
-
-def solver_needs_upgrade(solver):
-    return solver.HasField("solver_type")
 
 
 def upgrade_solver(solver, source="<solver>"):

@@ -1,22 +1,20 @@
-"""Layer families. Importing this package registers every type."""
-import importlib
+"""The torch implementation of every Caffe layer type, one family per module.
 
+Importing this package registers every type (`layer_class(type_name)` finds them). It is not
+pycaffe's `L`: the NetSpec DSL is `protonet.spec.layers` (see protonet/__init__.py).
+"""
+from protonet.layers import (  # noqa: F401  (each family registers its types on import)
+    common,
+    data,
+    detection_evaluate,
+    detection_output,
+    hdf5,
+    loss,
+    multibox_loss,
+    neuron,
+    normalization,
+    priorbox,
+    python,
+    vision,
+)
 from protonet.layers.base import LAYERS, Layer, NetContext, layer_class, register  # noqa: F401
-
-# Each family module registers its types; a family that is not written yet is skipped.
-for _family in ("common", "vision", "neuron", "normalization", "loss", "detection", "data", "hdf5", "python"):
-    try:
-        importlib.import_module(f"protonet.layers.{_family}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"protonet.layers.{_family}":
-            raise
-
-
-def __getattr__(name):
-    # Once this package is imported, `from protonet import layers as L` finds it rather than the
-    # NetSpec DSL of the same name; Caffe type names (L.Convolution, ...) still build NetSpec layers.
-    if name[:1].isupper():
-        from protonet.spec.net_spec import layers as netspec_layers
-
-        return getattr(netspec_layers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -105,13 +105,4 @@ def layer_class(type_name, layer_name="?"):
     return cls
 
 
-def to_int(value, what):
-    """Caffe fields that are integral but may arrive as floats from Python 3 division."""
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ProtonetError(f"{what}: expected an integer, got {value}")
-        return int(value)
-    return int(value)
-
-
 __all__ = ["Layer", "LAYERS", "register", "layer_class", "NetContext", "TRAIN", "TEST", "torch"]

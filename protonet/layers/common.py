@@ -1,5 +1,5 @@
 """Common layers: blob plumbing (Input, Parameter, Concat, Slice, Split, Eltwise, Flatten, Reshape,
-Crop, Tile, Silence), Softmax, Reduction, ArgMax, Accuracy, DummyData."""
+Crop, Tile, Silence, Permute), Softmax, Reduction, ArgMax, Accuracy, DummyData."""
 import math
 
 import torch
@@ -7,7 +7,7 @@ import torch
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError, ShapeError
 from protonet.layers.base import Layer, register
-from protonet.net.fillers import fill
+from protonet.layers.fillers import fill
 
 
 def canonical_axis(layer, axis, ndim, what="axis"):
@@ -484,3 +484,28 @@ class DummyDataLayer(Layer):
         outs = tuple(t if t is not None else fill(s, f, f"layer {self.name}")
                      for t, s, f in zip(self._fixed, self.top_shapes, self.fillers))
         return outs[0] if len(outs) == 1 else outs
+
+
+@register("Permute")
+class PermuteLayer(Layer):
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        self.check_bottoms(1)
+        shape = self.bottom_shapes[0]
+        axes = len(shape)
+        order = []
+        for o in param.permute_param.order:
+            if o >= axes:
+                raise ShapeError(f"layer {self.name} (Permute): order {o} must be less than the "
+                                 f"number of axes {axes}")
+            if o in order:
+                raise ProtonetError(f"layer {self.name} (Permute): duplicate order {o}")
+            order.append(int(o))
+        order += [i for i in range(axes) if i not in order]
+        self.order = order
+        self.top_shapes = [tuple(shape[i] for i in order)]
+
+    def forward(self, x):
+        if self.order == list(range(x.dim())):
+            return x
+        return x.permute(*self.order).contiguous()

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from protonet.errors import ProtonetError, ShapeError
 from protonet.layers.base import Layer, register
-from protonet.net.fillers import fill
+from protonet.layers.fillers import fill
 from protonet import caffe_pb2
 
 

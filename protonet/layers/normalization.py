@@ -1,11 +1,11 @@
-"""Normalisation layers: BatchNorm, Scale, Bias, MVN. (Normalize lives with the detection layers.)"""
+"""Normalisation layers: BatchNorm, Scale, Bias, MVN, and the SSD fork's Normalize (L2 with a learnt scale)."""
 import torch
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError, ShapeError
 from protonet.layers.base import Layer, register
-from protonet.layers.common import canonical_axis, count
-from protonet.net.fillers import fill
+from protonet.layers.common import canonical_axis
+from protonet.layers.fillers import fill
 
 
 @register("BatchNorm")
@@ -152,3 +152,73 @@ class MVNLayer(Layer):
             std = centred.pow(2).mean(dim=-1, keepdim=True).sqrt()
             centred = centred / (std + self.eps)
         return centred.reshape(x.shape)
+
+
+class _CaffeNormalize(torch.autograd.Function):
+    """L2 normalisation with a learnt scale, with the fork's backward.
+
+    The fork's bottom gradient is scale * (dy - x * <x, dy> / norm^2) / norm, which equals the
+    true gradient only when the scale is shared (or equal across channels); it is kept here so
+    that training gives Caffe's numbers."""
+
+    @staticmethod
+    def forward(ctx, x, scale, across_spatial, eps):
+        n = x.shape[0]
+        if across_spatial:
+            norm = (x.reshape(n, -1).pow(2).sum(dim=1) + eps).sqrt().view((n,) + (1,) * (x.dim() - 1))
+        else:
+            norm = (x.pow(2).sum(dim=1, keepdim=True) + eps).sqrt()
+        y = x / norm
+        s = scale.view((1, -1) + (1,) * (x.dim() - 2)) if scale.dim() > 0 else scale
+        y = y * s
+        ctx.save_for_backward(x, scale, norm, y)
+        ctx.across_spatial = across_spatial
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, scale, norm, y = ctx.saved_tensors
+        n = x.shape[0]
+        s = scale.view((1, -1) + (1,) * (x.dim() - 2)) if scale.dim() > 0 else scale
+        grad_x = grad_scale = None
+        if ctx.needs_input_grad[1]:
+            yd = y * dy
+            if scale.dim() == 0:
+                grad_scale = yd.sum() / scale
+            else:
+                dims = [0] + list(range(2, x.dim()))
+                grad_scale = yd.sum(dim=dims) / scale
+        if ctx.needs_input_grad[0]:
+            if ctx.across_spatial:
+                a = (x * dy).reshape(n, -1).sum(dim=1).view(norm.shape)
+            else:
+                a = (x * dy).sum(dim=1, keepdim=True)
+            grad_x = (dy - x * (a / norm / norm)) / norm * s
+        return grad_x, grad_scale, None, None
+
+
+@register("Normalize")
+class NormalizeLayer(Layer):
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        self.check_bottoms(1)
+        p = param.norm_param
+        shape = self.bottom_shapes[0]
+        if len(shape) < 2:
+            raise ShapeError(f"layer {self.name} (Normalize): bottom needs at least 2 axes, got {shape}")
+        self.across_spatial = p.across_spatial
+        self.channel_shared = p.channel_shared
+        self.eps = float(p.eps)
+        if p.HasField("scale_filler"):
+            filler = p.scale_filler
+        else:
+            filler = caffe_pb2.FillerParameter(type="constant", value=1.0)
+        blob_shape = () if self.channel_shared else (shape[1],)
+        self.add_blob(fill(blob_shape, filler, where=f"layer {self.name} blob 0"))
+        self.top_shapes = [shape]
+
+    def forward(self, x):
+        scale = self.blobs[0]
+        if scale.dtype != x.dtype:
+            scale = scale.to(x.dtype)
+        return _CaffeNormalize.apply(x, scale, self.across_spatial, self.eps)

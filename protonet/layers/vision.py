@@ -8,7 +8,7 @@ from protonet import caffe_pb2
 from protonet.errors import ProtonetError, ShapeError
 from protonet.layers.base import Layer, register
 from protonet.layers.common import canonical_axis, count
-from protonet.net.fillers import fill
+from protonet.layers.fillers import fill
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _DECONV_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}

@@ -7,7 +7,7 @@ import torch
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
-from protonet.net.fillers import fill
+from protonet.layers.fillers import fill
 
 F = caffe_pb2.FillerParameter
 
