@@ -89,7 +89,8 @@ class CocoCollector:
         self.batch = _batch_size(net)
         if not self.batch:
             raise ProtonetError(f"{model}: cannot find the test batch size")
-        by_file = {os.path.splitext(img["file_name"])[0]: img["id"] for img in gt.dataset.get("images", [])}
+        by_file = {os.path.splitext(img["file_name"])[0]: img["id"] for img in gt.dataset.get("images", [])
+                   if "file_name" in img}
         known_ids = set(gt.getImgIds())
         self.image_ids = []
         for name, _, _ in self.images:
@@ -174,9 +175,9 @@ def evaluate(model, weights=None, iterations=None, ap_version="11point", labelma
     if coco_gt is not None:
         if not os.path.isfile(coco_gt):
             raise ProtonetError(f"{coco_gt}: no such file (--coco-gt)")
-        from pycocotools.coco import COCO
+        from protonet.io.json_files import load_coco
 
-        gt = COCO(coco_gt)
+        gt = load_coco(coco_gt, for_eval=True)
         collector = CocoCollector(net, model, gt, labelmap)
     accumulators = [DetectionAccumulator() for _ in evaluators]
     steps = range(iterations)
