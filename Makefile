@@ -16,7 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m protonet.tools.quickstart
+	$(BIN)/python -m protonet quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

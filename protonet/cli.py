@@ -1,7 +1,8 @@
 """`protonet`: the command line, with the `caffe` tool's commands and the fork's scripts.
 
-Subcommands live next to the code they drive and are loaded lazily, so `protonet --help`
-stays fast and one broken module does not take the others down.
+Every command lives in protonet.commands (one module per group of commands); this entry point
+only names them and imports a command's module when that command runs, so `protonet --help`
+stays fast. Errors a user can fix are one line and exit status 2.
 """
 import importlib
 import sys
@@ -10,50 +11,56 @@ import click
 
 from protonet.errors import ProtonetError
 
-# command name -> "module:attribute" of a click.Command
+# command name -> ("module:attribute" of its click.Command, the line `protonet --help` shows)
 COMMANDS = {
-    "gen": "protonet.spec.gen:gen_command",
-    "inspect": "protonet.io.commands:inspect_command",
-    "upgrade": "protonet.io.commands:upgrade_command",
-    "train": "protonet.solver.commands:train_command",
-    "test": "protonet.solver.commands:test_command",
-    "time": "protonet.solver.commands:time_command",
-    "device-query": "protonet.solver.commands:device_query_command",
-    "parse-log": "protonet.tools.log:parse_log_command",
-    "plot-log": "protonet.tools.log:plot_log_command",
-    "create-annoset": "protonet.tools.create_annoset:create_annoset_command",
-    "create-list": "protonet.tools.create_list:create_list_command",
-    "make-shapes": "protonet.tools.shapes:make_shapes_command",
-    "detect": "protonet.tools.detect:detect_command",
-    "eval": "protonet.eval.commands:eval_command",
+    "create-annoset": ("protonet.commands.data:create_annoset_command",
+                       "Images + labels -> LMDB of AnnotatedDatum (convert_annoset)."),
+    "create-list": ("protonet.commands.data:create_list_command",
+                    "List files for create-annoset; name/size files."),
+    "detect": ("protonet.commands.detect:detect_command",
+               "Run a detection net on images; drawn boxes, JSON lines."),
+    "device-query": ("protonet.commands.caffe:device_query_command",
+                     "Show the CUDA devices (caffe device_query)."),
+    "eval": ("protonet.commands.evaluate:eval_command",
+             "VOC AP per class and mAP, or COCO's summary, of a test net."),
+    "gen": ("protonet.commands.gen:gen_command",
+            "Run a NetSpec script: prototxts and the job script."),
+    "inspect": ("protonet.commands.files:inspect_command",
+                "Print what a Caffe file holds (net, caffemodel, ...)."),
+    "make-shapes": ("protonet.commands.data:make_shapes_command",
+                    "Write a small shapes detection dataset (VOC layout)."),
+    "parse-log": ("protonet.commands.log:parse_log_command",
+                  "Training log -> LOG.train, LOG.test tables (parse_log.py)."),
+    "plot-log": ("protonet.commands.log:plot_log_command",
+                 "Plot loss, learning rate and mAP of a training log."),
+    "quickstart": ("protonet.commands.quickstart:quickstart_command",
+                   "The demo: dataset, net, train, test, detect (CPU)."),
+    "test": ("protonet.commands.caffe:test_command",
+             "Score a model (caffe test); detection nets: mAP."),
+    "time": ("protonet.commands.caffe:time_command",
+             "Time a model's forward and backward (caffe time)."),
+    "train": ("protonet.commands.caffe:train_command",
+              "Train or finetune a model (caffe train)."),
+    "upgrade": ("protonet.commands.files:upgrade_command",
+                "Upgrade an old net, caffemodel or solver."),
 }
 
 
 class LazyGroup(click.Group):
+    """Imports a command's module only when that command runs; --help lists the table above."""
+
     def list_commands(self, ctx):
         return sorted(COMMANDS)
 
     def get_command(self, ctx, name):
-        target = COMMANDS.get(name)
-        if target is None:
+        if name not in COMMANDS:
             return None
-        module_name, attr = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("protonet"):
-                return _not_available(name)
-            raise
-        return getattr(module, attr)
+        module_name, attr = COMMANDS[name][0].split(":")
+        return getattr(importlib.import_module(module_name), attr)
 
-
-def _not_available(name):
-    @click.command(name, help="(not available yet)", context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def cmd(args):
-        raise ProtonetError(f"'{name}' is not available yet in this version of protonet")
-
-    return cmd
+    def format_commands(self, ctx, formatter):
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

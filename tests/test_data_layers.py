@@ -21,9 +21,8 @@ GOLDENS = [
 ]
 
 
-def build(lp, root, workers=0, seed=1, phase=caffe_pb2.TRAIN, **extras):
-    ctx = NetContext(phase=phase, seed=seed, root_dir=str(root), data_workers=workers,
-                     extras=extras)
+def build(lp, root, workers=0, seed=1, phase=caffe_pb2.TRAIN, **options):
+    ctx = NetContext(phase=phase, seed=seed, root_dir=str(root), data_workers=workers, **options)
     return layer_class(lp.type)(lp, [], ctx)
 
 
@@ -35,7 +34,7 @@ def golden_layer(fixtures, name, **kw):
 @pytest.mark.parametrize("name,reencode", GOLDENS)
 def test_batches_equal_fork_goldens(fixtures, name, reencode):
     g = np.load(fixtures / "data" / f"{name}.npz")
-    layer = golden_layer(fixtures, name, data_reencode_jpeg=reencode)
+    layer = golden_layer(fixtures, name, reencode_jpeg=reencode)
     assert layer.top_shapes[0] == (2, 3, 300, 300)
     for b in range(2):
         data, label = layer()
@@ -201,7 +200,7 @@ def test_net_forward_gives_the_golden_blobs(fixtures):
     from protonet.net.net import Net
 
     ctx = NetContext(seed=1, data_workers=0, root_dir=str(fixtures / "data"),
-                     extras={"data_reencode_jpeg": True})
+                     reencode_jpeg=True)
     net = Net(str(fixtures / "data/annotated_data_identity_sampler.prototxt"), phase="TRAIN",
               ctx=ctx)
     g = np.load(fixtures / "data/annotated_data_identity_sampler.npz")

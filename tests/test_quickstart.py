@@ -1,4 +1,4 @@
-"""The quickstart end to end (slow), and what it does when a step is missing (fast)."""
+"""The quickstart end to end (slow), and its schedule scaling (fast)."""
 import json
 import os
 import re
@@ -13,21 +13,6 @@ from protonet.tools import quickstart
 # pipeline that runs but does not learn (wrong boxes, labels, priors or evaluation).
 SHORT = dict(train=240, test=48, max_iter=600)
 LOWER_BAR = 0.2
-
-
-def test_missing_steps_are_named(monkeypatch, capsys):
-    from protonet import cli
-
-    monkeypatch.setitem(cli.COMMANDS, "detect", "protonet.tools.no_such_module:detect_command")
-    monkeypatch.setitem(cli.COMMANDS, "train", "protonet.tools.shapes:no_such_command")
-    missing = quickstart.missing_steps()
-    assert [(step, command) for step, command, _ in missing] == [("train", "train"),
-                                                                ("detect on test images", "detect")]
-    with pytest.raises(SystemExit) as exc:
-        quickstart.main.main(args=["--root", "unused"], standalone_mode=False)
-    assert exc.value.code == 3
-    err = capsys.readouterr().err
-    assert "not available" in err and "`protonet detect` (module protonet.tools.no_such_module is missing)" in err
 
 
 def test_adjust_solver_keeps_proportions(tmp_path):
@@ -45,7 +30,7 @@ def test_adjust_solver_keeps_proportions(tmp_path):
 @pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path):
     root = tmp_path / "qs"
-    run = subprocess.run([sys.executable, "-m", "protonet.tools.quickstart", "--root", str(root),
+    run = subprocess.run([sys.executable, "-m", "protonet", "quickstart", "--root", str(root),
                           "--train", str(SHORT["train"]), "--test", str(SHORT["test"]),
                           "--max-iter", str(SHORT["max_iter"])],
                          capture_output=True, text=True, timeout=1800)

@@ -2,7 +2,8 @@
 import numpy as np
 import torch
 
-from protonet.solver.solver import RunOptions, _LossScaler
+from protonet.solver.solver import RunOptions
+from protonet.solver.updates import LossScaler
 from solver_util import caffemodel_arrays, captured_log, make_solver, one_thread  # noqa: F401
 
 
@@ -29,7 +30,7 @@ def test_bf16_channels_last_trains(fixtures, tmp_path, monkeypatch):
 
 
 def test_fp16_loss_scaler_skips_overflow_and_unscales():
-    scaler = _LossScaler(scale=1024.0, growth_interval=2)
+    scaler = LossScaler(scale=1024.0, growth_interval=2)
     a = torch.zeros(3, requires_grad=True)
     a.grad = torch.tensor([1024.0, 2048.0, float("inf")])
     assert not scaler.unscale([a]) and scaler.scale_value == 512.0 and torch.equal(a.grad, torch.zeros(3))

@@ -68,7 +68,7 @@ def test_device_query_without_gpu(capsys):
 
 
 def test_caffe_and_dashed_flag_spellings(fixtures, monkeypatch, capsys, tmp_path):
-    from protonet.solver.commands import train_command
+    from protonet.commands.caffe import train_command
 
     names = {opt for p in train_command.params for opt in p.opts}
     for flag in ("--sigint_effect", "--sigint-effect", "--sighup_effect", "--channels_last", "--channels-last",

@@ -124,7 +124,7 @@ def test_lmdb_data_layers_resume_at_the_same_batch(fixtures):
     from protonet.io.prototxt import read_prototxt
     from protonet.layers.base import NetContext
     from protonet.net.net import Net
-    from protonet.solver.solver import _skip_data
+    from protonet.solver.solver import skip_data
 
     param = read_prototxt(fixtures / "data/annotated_data_identity_sampler.prototxt", caffe_pb2.NetParameter)
     ctx = NetContext(phase=caffe_pb2.TRAIN, seed=7, root_dir=str(fixtures / "data"), data_workers=0)
@@ -134,7 +134,7 @@ def test_lmdb_data_layers_resume_at_the_same_batch(fixtures):
     want = straight()
     resumed = Net(param, phase="TRAIN", ctx=ctx)
     with captured_log():
-        _skip_data(resumed, 2)
+        skip_data(resumed, 2)
     got = resumed()
     assert torch.equal(got["data"], want["data"]) and torch.equal(got["label"], want["label"])
 

@@ -9,7 +9,7 @@ Run it as Caffe users run their NetSpec scripts, from the root that holds the da
     protonet gen examples/quickstart/ssd_shapes.py --root .
 
 It writes train/test/deploy/solver prototxts under models/, and the job script under jobs/
-(`python -m protonet.tools.quickstart` does all of this for you). The net: a narrow VGG-style body
+(`protonet quickstart` does all of this for you). The net: a narrow VGG-style body
 with BatchNorm (six stride-2 stages, 16 to 128 channels), SSD heads with PriorBox on four scales
 (16x16, 8x8, 4x4, 2x2 maps of a 128x128 input), MultiBoxLoss, SSD's full augmentation
 (batch_sampler crops, photometric distortion, expansion, mirror), and DetectionOutput plus

@@ -8,6 +8,8 @@ A box array is float32 [N, 4] as (xmin, ymin, xmax, ymax).
 """
 import numpy as np
 
+from protonet import caffe_pb2
+
 F32 = np.float32
 
 
@@ -68,8 +70,6 @@ def project(src, boxes):
 
 def meets_emit_constraint(window, boxes, constraint):
     """Which boxes a crop to `window` keeps under an EmitConstraint (CENTER or MIN_OVERLAP)."""
-    from protonet import caffe_pb2
-
     boxes = as_boxes(boxes)
     window = as_boxes(window)[0]
     if constraint.emit_type == caffe_pb2.EmitConstraint.CENTER:

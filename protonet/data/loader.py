@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 
+import cv2
 import numpy as np
 import torch
 
@@ -154,8 +155,6 @@ class Prefetcher:
                       multiprocessing_context="fork" if os.name == "posix" else None)
         # A forked child must not inherit OpenCV's thread pool: touching it there (even to shrink
         # it) waits forever on the parent's threads. Fork while OpenCV is single-threaded.
-        import cv2
-
         threads = cv2.getNumThreads()
         cv2.setNumThreads(1)
         try:

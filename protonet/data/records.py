@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 import cv2
+import lmdb
 import numpy as np
 
 from protonet import caffe_pb2
@@ -220,8 +221,6 @@ class LmdbReader:
     """Read-only access to an LMDB: keys in Caffe's (sorted) order, values by index."""
 
     def __init__(self, path):
-        import lmdb
-
         self.path = str(path)
         if not os.path.isdir(self.path) and not os.path.isfile(self.path):
             raise ProtonetError(f"{self.path}: no such LMDB database")
@@ -236,8 +235,6 @@ class LmdbReader:
 
     def _env(self):
         """This process's handle on the database (LMDB allows one per process and path)."""
-        import lmdb
-
         token = (os.path.realpath(self.path), os.getpid())
         env = _ENVS.get(token)
         if env is None:

@@ -18,6 +18,8 @@ Differences from Caffe kept on purpose (listed in the README):
   crop, mirror or salt-and-pepper noise, the first interp_mode, the centre crop (Caffe, given a
   test transform_param with random parts, would draw them; SSD's test nets have none).
 """
+import os
+
 import cv2
 import numpy as np
 
@@ -26,14 +28,13 @@ from protonet.data import boxes as bx
 from protonet.data import image_ops as ops
 from protonet.data.sampler import WindowSampler
 from protonet.errors import ProtonetError
+from protonet.io.blobs import blob_to_array
+from protonet.io.prototxt import read_binary_proto
 
 F32 = np.float32
 
 
 def load_mean_file(path):
-    from protonet.io.blobs import blob_to_array
-    from protonet.io.prototxt import read_binary_proto
-
     blob = read_binary_proto(path, caffe_pb2.BlobProto)
     arr = np.asarray(blob_to_array(blob), dtype=F32)
     if arr.ndim == 4:
@@ -48,8 +49,6 @@ class Transformer:
 
     def __init__(self, param, phase=caffe_pb2.TRAIN, root_dir=None, reencode_jpeg=False,
                  where="transform_param"):
-        import os
-
         self.param = param
         self.phase = phase
         self.random = phase == caffe_pb2.TRAIN

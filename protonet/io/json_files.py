@@ -94,7 +94,7 @@ def looks_like_coco(doc):
 
 def load_coco(path, for_eval=False):
     """pycocotools' COCO over a checked instances file (its printing kept off stdout)."""
-    from pycocotools.coco import COCO
+    from pycocotools.coco import COCO  # pycocotools (imports matplotlib): only for COCO files
 
     doc = check_coco(read_json(path), os.fspath(path), for_eval)
     doc.setdefault("annotations", [])

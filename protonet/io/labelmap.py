@@ -45,6 +45,23 @@ def map_label_to_display_name(label_map, strict=True, source="label map"):
     return _mapping(label_map, lambda i: i.label, lambda i: i.display_name, "label", strict, source)
 
 
+def label_names(path, display=False, strict=False, where=None):
+    """label -> name from a LabelMap file ({} without a path): the one reader of class names for
+    DetectionOutput's result files, `eval` and `detect`. `display=True` gives the display name
+    where an item has one; `strict` makes a repeated label an error, as the fork's MapLabelToName."""
+    if not path:
+        return {}
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ProtonetError(f"{where + ': ' if where else ''}label map file {path} not found")
+    label_map = read_labelmap(path)
+    names = map_label_to_name(label_map, strict=strict, source=path)
+    if not display:
+        return names
+    shown = map_label_to_display_name(label_map, strict=strict, source=path)
+    return {label: shown.get(label) or name for label, name in names.items()}
+
+
 def _atoi(text):
     """C's atoi: optional blanks and sign, then digits; 0 when there are none."""
     match = re.match(r"\s*([+-]?\d+)", text)

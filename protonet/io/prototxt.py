@@ -8,7 +8,9 @@ import tempfile
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
+from protonet import caffe_pb2
 from protonet.errors import ProtonetError, PrototxtError
+from protonet.io.upgrade import upgrade_net, upgrade_solver
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -371,9 +373,6 @@ def write_binary_proto(message, path):
 def read_net_prototxt(path, input_fields_to_layer=False):
     """A net prototxt as an upgraded NetParameter (V0/V1 layers, old data and BatchNorm fields),
     as Caffe's ReadNetParamsFromTextFileOrDie; see protonet.io.upgrade.upgrade_net."""
-    from protonet import caffe_pb2
-    from protonet.io.upgrade import upgrade_net
-
     net = read_prototxt(path, caffe_pb2.NetParameter)
     upgrade_net(net, source=os.fspath(path), input_fields_to_layer=input_fields_to_layer)
     return net
@@ -381,9 +380,6 @@ def read_net_prototxt(path, input_fields_to_layer=False):
 
 def read_solver_prototxt(path):
     """A solver prototxt as a SolverParameter with the old `solver_type` enum upgraded to `type`."""
-    from protonet import caffe_pb2
-    from protonet.io.upgrade import upgrade_solver
-
     solver = read_prototxt(path, caffe_pb2.SolverParameter)
     upgrade_solver(solver, source=os.fspath(path))
     return solver

@@ -9,7 +9,7 @@ size such as DetectionOutput's row count is given a nominal value) and create it
 Caffe's order with `self.add_blob(...)`. A shape that does not fit raises ShapeError naming
 `param.name`. `forward(*bottoms)` returns one tensor for one top, or a tuple for several.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -48,9 +48,11 @@ class NetContext:
     world_size: int = 1
     data_workers: int | None = None  # worker processes for data layers (None: the layer decides)
     root_dir: str | None = None      # relative paths (sources, label maps) resolve against it
+    data_shuffle: bool = False       # data layers shuffle their records every epoch (Caffe: in order)
+    reencode_jpeg: bool = False      # AnnotatedData re-encodes cropped/expanded/distorted images as
+                                     # JPEG like Caffe (bit-parity with Caffe's batches)
     max_memory: int | None = None    # bytes a net may need when built (None: the machine's memory)
     strict_data: bool = False        # a corrupt record or one with bad boxes is an error, not skipped
-    extras: dict = field(default_factory=dict)
 
 
 class Layer(nn.Module):

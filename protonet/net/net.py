@@ -17,6 +17,7 @@ from torch import nn
 from protonet import caffe_pb2, sizes
 from protonet.errors import ProtonetError, ShapeError
 from protonet.io.blobs import array_to_blob, blob_to_array
+from protonet.io.caffemodel import read_caffemodel_arrays, write_caffemodel
 from protonet.io.prototxt import count_layer_blocks, read_prototxt
 from protonet.io.upgrade import upgrade_net
 from protonet.layers.base import NetContext, layer_class
@@ -249,6 +250,11 @@ class Net(nn.Module):
         return [(self.layers[ln].blobs[i], lr, decay) for ln, i, lr, decay in self._owners]
 
     @property
+    def owned_blobs(self):
+        """(layer name, blob index) of every blob the net owns (a shared blob at its owner), Caffe's order."""
+        return [(ln, i) for ln, i, _, _ in self._owners]
+
+    @property
     def learnable_param_names(self):
         """'layer/index' for each entry of learnable_params."""
         return [f"{ln}/{i}" for ln, i, _, _ in self._owners]
@@ -324,8 +330,6 @@ class Net(nn.Module):
         else:
             paths = source.split(",") if isinstance(source, str) else (
                 [source] if isinstance(source, os.PathLike) else list(source))
-            from protonet.io.caffemodel import read_caffemodel_arrays
-
             # Straight from the file bytes: a file's blob arrays come with their stored shapes
             # (legacy num/channels/height/width as 4 axes).
             sources = [(os.fspath(p), [(name, [(a, None) for a in arrays])
@@ -375,8 +379,6 @@ class Net(nn.Module):
 
     def save_weights(self, path):
         """Write a .caffemodel (atomically) that Caffe and OpenCV read."""
-        from protonet.io.caffemodel import write_caffemodel
-
         blobs = OrderedDict((n, [t.detach().to("cpu", torch.float32) for t in l.blobs])
                             for n, l in self.layers.items() if len(l.blobs))
         write_caffemodel(self.to_proto(with_blobs=False), path, blobs=blobs)

@@ -1,137 +1,77 @@
-"""Data-parallel training with torch.distributed, one process per device, like Caffe's multi-GPU.
+"""The collectives of data-parallel training (torch.distributed), as Caffe's P2PSync does them.
 
-Every process builds the same solver with the per-device batch of the prototxt and reads its
-shard of the data (NetContext rank/world_size); gradients are summed over processes and scaled
-by 1/world_size before Caffe's update, so N processes act as one with N times the batch. Rank 0
-logs, tests and snapshots. Backends: NCCL on GPUs, gloo on CPU. Under torchrun the process group
-comes from the environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+Gradients are summed over the processes in buckets (flattened groups of about 25 MB, as
+DistributedDataParallel's; every bucket's all-reduce is started before the first is awaited) and
+scaled by 1/world_size, so N processes with batch B update exactly as one with batch N*B.
+A process's non-finite loss travels with the last bucket, so that all stop together.
 """
-import dataclasses
-import datetime
-import os
-import signal
-import socket
-
 import torch
 
-from protonet.errors import ProtonetError
+from protonet.solver.signals import NONE, SNAPSHOT, STOP
 
-# a long test pass on rank 0 keeps the others waiting at their next collective
-TIMEOUT = datetime.timedelta(hours=4)
-
-
-@dataclasses.dataclass
-class TrainJob:
-    """Everything a process needs to train (picklable for spawned processes)."""
-
-    solver: str
-    options: object                 # RunOptions; rank/world_size/device are set per process
-    weights: str | None = None
-    snapshot: str | None = None
-    sigint_effect: str = "stop"
-    sighup_effect: str = "snapshot"
-    max_iter: int | None = None
-    log_to_stderr: bool = False     # install the glog-shaped handler (rank 0 only)
-    log_path: str | None = None     # and also append the log to this file
+BUCKET_BYTES = 25 * 1024 * 1024  # DistributedDataParallel's default bucket_cap_mb
 
 
-def run_job(job, on_solver=None):
-    """Build the solver for this process and train; returns the solver."""
-    from protonet.solver.logger import install_handler, remove_handlers
-    from protonet.solver.signals import SignalHandler
-    from protonet.solver.solver import Solver, read_solver
-
-    handlers = []
-    if job.log_to_stderr and job.options.rank == 0:
-        handlers = install_handler(path=job.log_path)
-    try:
-        param = read_solver(job.solver)
-        if job.max_iter is not None:
-            param.max_iter = int(job.max_iter)
-        with SignalHandler(job.sigint_effect, job.sighup_effect) as signals:
-            solver = Solver(param, job.options, action=signals.check)
-            solver.solver_path = os.fspath(job.solver)
-            if job.snapshot and job.weights:
-                raise ProtonetError("give --snapshot to resume or --weights to finetune, not both")
-            if job.weights:
-                solver.copy_weights(job.weights)
-            if on_solver is not None:
-                on_solver(solver)
-            solver.solve(job.snapshot or None)  # a snapshot is restored inside, as Caffe's Solve(file)
-        return solver
-    finally:
-        remove_handlers(handlers)
+def _buckets(tensors):
+    """Consecutive groups of `tensors` of at most BUCKET_BYTES bytes of float32 (a larger tensor alone)."""
+    limit = BUCKET_BYTES
+    groups, current, size = [], [], 0
+    for t in tensors:
+        n = t.numel() * 4
+        if current and size + n > limit:
+            groups.append(current)
+            current, size = [], 0
+        current.append(t)
+        size += n
+    if current or not groups:
+        groups.append(current)
+    return groups
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def average_gradients(blobs, world_size, bad=False):
+    """Sum every learnable blob's gradient over the processes, scaled by 1/world_size (a blob
+    without a gradient counts as zeros). Returns whether any process flagged `bad`."""
+    import torch.distributed as dist  # only data-parallel runs need torch.distributed
+
+    for b in blobs:
+        if b.requires_grad and b.grad is None:
+            b.grad = torch.zeros_like(b)
+    grads = [b.grad for b in blobs if b.requires_grad]
+    device = grads[0].device if grads else (blobs[0].device if blobs else torch.device("cpu"))
+    flag = torch.tensor([1.0 if bad else 0.0], device=device)
+    groups = _buckets(grads)
+    flats, works = [], []
+    for i, group in enumerate(groups):
+        pieces = [g.reshape(-1).float() for g in group] + ([flag] if i == len(groups) - 1 else [])
+        flat = torch.cat(pieces)
+        flats.append(flat)
+        works.append(dist.all_reduce(flat, async_op=True))
+    for work in works:
+        work.wait()
+    scale = 1.0 / world_size
+    for group, flat in zip(groups, flats):
+        offset = 0
+        for g in group:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].mul_(scale).view_as(g))
+            offset += n
+    return bool(flats[-1][-1].item() > 0)
 
 
-def _worker(rank, job, devices, backend, port, result_dir):
-    import torch.distributed as dist
+def broadcast_params(net):
+    """Rank 0's weights to every process (after it loaded weights or a snapshot)."""
+    import torch.distributed as dist  # only data-parallel runs need torch.distributed
 
-    world_size = len(devices)
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(port)
-    device = devices[rank]
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
-    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=TIMEOUT)
-    try:
-        options = dataclasses.replace(job.options, rank=rank, world_size=world_size, device=device)
-        solver = run_job(dataclasses.replace(job, options=options))
-        if result_dir is not None and rank == 0:
-            torch.save({"iter": solver.progress.iter,
-                        "params": [t.detach().cpu() for t, _, _ in solver.net.learnable_params]},
-                       os.path.join(result_dir, "rank0.pt"))
-    finally:
-        dist.destroy_process_group()
+    with torch.no_grad():
+        for tensor, _, _ in net.learnable_params:
+            dist.broadcast(tensor.data, src=0)
 
 
-def spawn_training(job, devices, backend=None, result_dir=None):
-    """Train with one process per device (['cuda:0', 'cuda:1'] or ['cpu', 'cpu'])."""
-    import torch.multiprocessing as mp
+def agree_on_action(action, device):
+    """Every process takes the strongest request any of them got (stop > snapshot > none)."""
+    import torch.distributed as dist  # only data-parallel runs need torch.distributed
 
-    if backend is None:
-        backend = "nccl" if devices[0].startswith("cuda") else "gloo"
-    port = free_port()
-    # the children get Ctrl-C from the terminal themselves and agree on what to do; the parent waits
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        mp.spawn(_worker, args=(job, devices, backend, port, result_dir), nprocs=len(devices), join=True)
-    except mp.ProcessExitedException as exc:
-        raise ProtonetError(f"data-parallel training: process {exc.error_index} exited with code "
-                            f"{exc.exit_code}") from None
-    except Exception as exc:  # a worker's exception, re-raised by mp.spawn with its traceback text
-        text = str(exc).strip().splitlines()
-        last = text[-1] if text else repr(exc)
-        raise ProtonetError(f"data-parallel training failed: {last}") from None
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def torchrun_environment():
-    """(rank, world_size, local_rank) when started by torchrun with more than one process, else None."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    return None
-
-
-def run_under_torchrun(job):
-    import torch.distributed as dist
-
-    rank, world_size, local_rank = torchrun_environment()
-    if torch.cuda.is_available():
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(local_rank)
-        backend = "nccl"
-    else:
-        device, backend = "cpu", "gloo"
-    dist.init_process_group(backend, timeout=TIMEOUT)
-    try:
-        options = dataclasses.replace(job.options, rank=rank, world_size=world_size, device=device)
-        return run_job(dataclasses.replace(job, options=options))
-    finally:
-        dist.destroy_process_group()
+    code = {NONE: 0, SNAPSHOT: 1, STOP: 2}[action]
+    t = torch.tensor([code], dtype=torch.int32, device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return {0: NONE, 1: SNAPSHOT, 2: STOP}[int(t.item())]

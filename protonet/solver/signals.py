@@ -3,7 +3,9 @@ iterations (and between test batches) and acts: stop, snapshot, or nothing."""
 import signal
 
 from protonet.errors import ProtonetError
-from protonet.solver.solver import NONE, SNAPSHOT, STOP
+
+# What a signal (or a caller) may ask of the solver between iterations.
+NONE, STOP, SNAPSHOT = "none", "stop", "snapshot"
 
 EFFECTS = (STOP, SNAPSHOT, NONE)
 

@@ -1,11 +1,12 @@
-"""The training loop: Caffe's Solver (Step, Solve, TestAll, Snapshot, Restore) on a protonet Net.
+"""The training loop: Caffe's Solver (Step, Solve, TestAll) on a protonet Net.
 
 What happens per iteration, in Caffe's order:
   test pass (every test_interval, and at iteration 0 with test_initialization) ->
   iter_size forward/backward passes accumulating gradients -> loss averaged over iter_size and
   smoothed over average_loss -> display -> (data-parallel: gradients averaged over processes) ->
   learning rate -> update -> ++iter -> signal request -> snapshot -> stop on request.
-The log lines keep Caffe's shapes (see logger.py) so Caffe's log tools read them.
+The log lines keep Caffe's shapes (see logger.py) so Caffe's log tools read them. Snapshots and
+restoring are in snapshot.py, test passes in testing.py, the data-parallel collectives in parallel.py.
 """
 import contextlib
 import dataclasses
@@ -20,19 +21,19 @@ from google.protobuf import text_format
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
-from protonet.eval.voc import DetectionAccumulator
+from protonet.io.prototxt import read_prototxt, read_solver_prototxt
 from protonet.layers.base import NetContext
+from protonet.solver import parallel, testing
 from protonet.solver.debug import DebugInfo
 from protonet.solver.logger import format_float, get_logger
 from protonet.solver.lr_policy import Progress, check_policy, learning_rate
-from protonet.solver.updates import Updater, solver_type
+from protonet.solver.signals import NONE, SNAPSHOT, STOP
+from protonet.solver.snapshot import Snapshots, weights_source
+from protonet.solver.updates import LossScaler, Updater, solver_type
 
 log = get_logger("solver")
 
 _f32 = np.float32
-
-# What a signal (or a caller) may ask of the solver between iterations.
-NONE, STOP, SNAPSHOT = "none", "stop", "snapshot"
 
 
 class TrainingDiverged(ProtonetError):
@@ -51,6 +52,8 @@ class RunOptions:
     rank: int = 0
     world_size: int = 1
     data_workers: int | None = None
+    data_shuffle: bool = False        # data layers shuffle their records every epoch
+    reencode_jpeg: bool = False       # Caffe's JPEG round trips in AnnotatedData (bit-parity)
     skip_data_on_resume: bool = True  # resume reads the data where the snapshot left it
     allow_python_layers: bool = False  # a prototxt's Python layers run code: only when asked
 
@@ -63,8 +66,6 @@ def read_solver(source):
         if not param.HasField("type") and param.HasField("solver_type"):
             param.type = solver_type(param)
         return param
-    from protonet.io.prototxt import read_solver_prototxt
-
     return read_solver_prototxt(os.fspath(source))
 
 
@@ -107,17 +108,18 @@ class Solver:
         self.losses = []
         self.requested_early_exit = False
         self.last_snapshot = None
-        self._scaler = _LossScaler() if self.options.amp == "fp16" else None
+        self._scaler = LossScaler() if self.options.amp == "fp16" else None
         self._skip_batches = 0
         if self.is_root:
-            self._check_snapshot_writable()
+            Snapshots(self.param, self.solver_path).check_writable()
             log.info("Solver scaffolding done.")
 
     # ------------------------------------------------------------------ nets
     def _context(self, phase):
         o = self.options
         return NetContext(phase=phase, seed=self.seed, rank=o.rank, world_size=o.world_size,
-                          data_workers=o.data_workers, allow_python_layers=o.allow_python_layers)
+                          data_workers=o.data_workers, data_shuffle=o.data_shuffle, reencode_jpeg=o.reencode_jpeg,
+                          allow_python_layers=o.allow_python_layers)
 
     def _make_net(self, net_param, phase):
         factory = self._net_factory
@@ -128,12 +130,10 @@ class Solver:
         net = factory(net_param, phase=phase, ctx=self._context(phase))
         net.to(self.device)
         if self.options.channels_last:
-            _to_channels_last(net)
+            to_channels_last(net)
         return net
 
     def _read_net(self, path):
-        from protonet.io.prototxt import read_prototxt
-
         return read_prototxt(path, caffe_pb2.NetParameter)
 
     def _init_train_net(self):
@@ -210,131 +210,46 @@ class Solver:
             path = os.fspath(path).strip()
             if self.is_root:
                 log.info("Finetuning from %s", path)
-            source = _weights_source(path)
+            source = weights_source(path)
             self.net.load_weights(source)
             for net in self.test_nets:
                 net.load_weights(source)
 
-    def _check_snapshot_writable(self):
-        """Caffe's CheckSnapshotWritePermissions, at start rather than after hours of training
-        (the directory is created if missing, where Caffe would stop)."""
-        p = self.param
-        if not (p.snapshot or p.snapshot_after_train):
-            return
-        directory = os.path.dirname(os.path.abspath(self.snapshot_filename(".tempfile")))
-        probe = os.path.join(directory, f".protonet-probe-{os.getpid()}")
-        try:
-            os.makedirs(directory, exist_ok=True)
-            with open(probe, "wb"):
-                pass
-            os.unlink(probe)
-        except OSError as exc:
-            raise ProtonetError(f"snapshot_prefix '{p.snapshot_prefix}': cannot write snapshots in {directory} "
-                                f"({exc.strerror})") from None
-
     def snapshot_filename(self, extension):
-        prefix = self.param.snapshot_prefix
-        if not prefix and self.solver_path:
-            # newer Caffe: default prefix is the solver file name without extension
-            prefix = os.path.splitext(self.solver_path)[0]
-        return f"{prefix}_iter_{self.progress.iter}{extension}"
+        return Snapshots(self.param, self.solver_path).filename(self.progress.iter, extension)
 
     def snapshot(self):
-        """Write PREFIX_iter_N.caffemodel and PREFIX_iter_N.solverstate, each atomically."""
-        from protonet.io.caffemodel import write_caffemodel
-        from protonet.io.solverstate import write_solverstate
-
-        if self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
-            return self._snapshot_hdf5()
-        model = self.snapshot_filename(".caffemodel")
-        log.info("Snapshotting to binary proto file %s", model)
-        if self.param.snapshot_diff:
-            net_param = self.net.to_proto(with_blobs=True)
-            for layer in net_param.layer:
-                for blob, tensor in zip(layer.blobs, self.net.layers[layer.name].blobs):
-                    g = tensor.grad if tensor.grad is not None else torch.zeros_like(tensor)
-                    blob.diff.extend(g.detach().float().cpu().numpy().ravel().tolist())
-            write_caffemodel(net_param, model)
-        else:
-            # blobs streamed from the tensors, without building protobuf messages for them
-            blobs = {name: [t.detach().to("cpu", torch.float32).contiguous() for t in layer.blobs]
-                     for name, layer in self.net.layers.items() if len(layer.blobs)}
-            write_caffemodel(self.net.to_proto(with_blobs=False), model, blobs=blobs)
-        state_path = self.snapshot_filename(".solverstate")
-        log.info("Snapshotting solver state to binary proto file %s", state_path)
-        write_solverstate(self.solver_state(model, with_history=False), state_path,
-                          history=self.updater.history_arrays())
-        self.last_snapshot = (model, state_path)
-        return model, state_path
-
-    def _snapshot_hdf5(self):
-        from protonet.solver.hdf5_snapshot import write_state_h5, write_weights_h5
-
-        model = self.snapshot_filename(".caffemodel.h5")
-        log.info("Snapshotting to HDF5 file %s", model)
-        write_weights_h5(self.net, model, with_diff=self.param.snapshot_diff)
-        state_path = self.snapshot_filename(".solverstate.h5")
-        log.info("Snapshotting solver state to HDF5 file %s", state_path)
-        write_state_h5(state_path, self.progress, model, self.updater.history_arrays())
-        self.last_snapshot = (model, state_path)
-        return model, state_path
-
-    def solver_state(self, model_filename, with_history=True):
-        from protonet.io.solverstate import make_solverstate
-
-        state = make_solverstate(self.progress.iter, model_filename, self.progress.current_step,
-                                 self.updater.history_arrays() if with_history else ())
-        state.iter_last_event = self.progress.iter_last_event
-        state.minimum_loss = self.progress.minimum_loss
-        return state
+        """Write PREFIX_iter_N.caffemodel and PREFIX_iter_N.solverstate (or the HDF5 pair), each atomically."""
+        pair = Snapshots(self.param, self.solver_path).write(self.net, self.updater, self.progress, log)
+        self.last_snapshot = pair
+        return pair
 
     def restore(self, state_file):
         """Caffe's Restore: iteration, step, history, and the weights of `learned_net`."""
-        from protonet.io.solverstate import read_solverstate, solverstate_history_arrays
-
         state_file = os.fspath(state_file)
-        if state_file.endswith(".h5"):
-            from protonet.solver.hdf5_snapshot import read_state_h5
-
-            fields, history = read_state_h5(state_file)
-            learned = fields.pop("learned_net")
-            model_ext = ".caffemodel.h5"
-        else:
-            state = read_solverstate(state_file)
-            learned = state.learned_net if state.HasField("learned_net") else None
-            fields = dict(iter=int(state.iter), current_step=int(state.current_step),
-                          iter_last_event=int(state.iter_last_event), minimum_loss=float(state.minimum_loss))
-            history = solverstate_history_arrays(state)
-            model_ext = ".caffemodel"
-        if learned:
-            if not os.path.exists(learned):
-                # the snapshot directory may have moved: try the weights next to the state file
-                stem = state_file[:-len(".solverstate.h5")] if state_file.endswith(".solverstate.h5") else \
-                    os.path.splitext(state_file)[0]
-                beside = stem + model_ext
-                if not os.path.exists(beside):
-                    raise ProtonetError(f"{state_file}: its learned_net '{learned}' does not exist "
-                                        f"(nor does {beside})")
-                learned = beside
-            self.net.load_weights(_weights_source(learned))
-        self.progress = Progress(**fields)
-        self.updater.load_history(history, source=state_file)
+        saved = Snapshots.read(state_file)
+        if saved.learned_net:
+            self.net.load_weights(weights_source(saved.learned_net))
+        self.progress = Progress(**saved.fields)
+        self.updater.load_history(saved.history, source=state_file)
         if self.options.skip_data_on_resume:
             self._skip_batches = self.progress.iter * self.param.iter_size
-            _skip_data(self.net, self._skip_batches)
+            skip_data(self.net, self._skip_batches)
 
     # ------------------------------------------------------------------ running
     def _info(self, msg, *args):
         if self.is_root:
             log.info(msg, *args)
 
-    def _request(self, collective=True):
+    def request(self, collective=True):
+        """What the action callable asks now; with several processes, what any of them asks."""
         action = self.action() if self.action is not None else NONE
         if collective and self.options.world_size > 1:
-            action = _agree_on_action(action, self.device)
+            action = parallel.agree_on_action(action, self.device)
         return action
 
-    def _autocast(self):
+    def autocast(self):
+        """The forward passes' autocast context (--amp), or none."""
         amp = self.options.amp
         if not amp:
             return contextlib.nullcontext()
@@ -342,7 +257,7 @@ class Solver:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _forward_backward(self):
-        with self._autocast():
+        with self.autocast():
             blobs = self.net(**{})
             loss = self.net.loss(blobs)
         if loss.requires_grad:
@@ -405,7 +320,7 @@ class Solver:
             bad = not math.isfinite(float(loss))
             if self.options.world_size > 1:
                 # every process must stop together: the divergence flag travels with the gradients
-                bad = _average_gradients(self.updater.blobs, self.options.world_size, bad)
+                bad = parallel.average_gradients(self.updater.blobs, self.options.world_size, bad)
             if bad:
                 self._diverged(it, loss)
             self._update_smoothed_loss(loss, start_iter)
@@ -420,7 +335,7 @@ class Solver:
                 log.info("Speed: %.3g iter/s, %.4g s/iter over iterations %d to %d", n / elapsed, elapsed / n,
                          timer_iter, self.progress.iter - 1)
                 timer_start, timer_iter = time.perf_counter(), self.progress.iter
-            request = self._request()
+            request = self.request()
             if (self.is_root and p.snapshot and self.progress.iter % p.snapshot == 0) or request == SNAPSHOT:
                 if self.is_root:
                     self.snapshot()
@@ -459,7 +374,7 @@ class Solver:
                 log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
         if self.options.world_size > 1:
-            _broadcast_params(self.net)
+            parallel.broadcast_params(self.net)
         start_iter = self.progress.iter
         self.step(p.max_iter - self.progress.iter)
         if p.snapshot_after_train and (not p.snapshot or self.progress.iter % p.snapshot != 0) and self.is_root:
@@ -468,7 +383,7 @@ class Solver:
             self._info("Optimization stopped early.")
             return
         if p.display and self.progress.iter % p.display == 0:
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self.autocast():
                 self.net.train()
                 loss = _f32(self.net.loss(self.net(**{})).float().item())
             self._update_smoothed_loss(loss, start_iter)
@@ -479,122 +394,19 @@ class Solver:
 
     # ------------------------------------------------------------------ testing
     def test_all(self):
-        results = []
-        for i in range(len(self.test_nets)):
-            if self.requested_early_exit:
-                break
-            if self.param.eval_type == "classification":
-                results.append(self.test_classification(i))
-            elif self.param.eval_type == "detection":
-                results.append(self.test_detection(i))
-            else:
-                raise ProtonetError(f"solver: unknown eval_type '{self.param.eval_type}' "
-                                    "(classification or detection)")
-        return results
-
-    def _test_batches(self, test_id):
-        """Forward passes of test net `test_id`, sharing the train net's weights; stops on request."""
-        net = self.test_nets[test_id]
-        net.share_weights_from(self.net)
-        net.eval()
-        for _ in range(self.param.test_iter[test_id]):
-            # only the root tests: ask the local handler, without a collective call
-            request = self._request(collective=False)
-            while request != NONE:
-                if request == SNAPSHOT:
-                    self.snapshot()
-                elif request == STOP:
-                    self.requested_early_exit = True
-                request = self._request(collective=False)
-            if self.requested_early_exit:
-                return
-            with torch.no_grad(), self._autocast():
-                blobs = net(**{})
-                loss = _f32(net.loss(blobs).float().item()) if net.loss_weights else _f32(0)
-            yield net, blobs, loss
-
-    def test_classification(self, test_id):
-        log.info("Iteration %d, Testing net (#%d)", self.progress.iter, test_id)
-        net = self.test_nets[test_id]
-        scores = None
-        sizes = []
-        loss = _f32(0)
-        for _, blobs, iter_loss in self._test_batches(test_id):
-            if self.param.test_compute_loss:
-                loss = _f32(loss + iter_loss)
-            arrays = [blobs[n].detach().float().cpu().numpy().ravel() for n in net.output_names]
-            sizes = [a.size for a in arrays]
-            values = np.concatenate(arrays or [np.zeros(0, np.float32)]).astype(np.float32)
-            scores = values if scores is None else (scores + values).astype(np.float32)
-        if self.requested_early_exit:
-            log.info("Test interrupted.")
-            return None
-        n_iter = self.param.test_iter[test_id]
-        if self.param.test_compute_loss:
-            log.info("Test loss: %s", format_float(_f32(loss / _f32(n_iter))))
-        out = {}
-        index = 0
-        for name, count in zip(net.output_names, sizes):
-            weight = net.loss_weights.get(name, 0.0)
-            for _ in range(count):
-                mean = _f32(scores[index] / _f32(n_iter))
-                suffix = f" (* {format_float(weight)} = {format_float(_f32(weight) * mean)} loss)" if weight else ""
-                log.info("    Test net output #%d: %s = %s%s", index, name, format_float(mean), suffix)
-                out.setdefault(name, []).append(float(mean))
-                index += 1
-        return out
-
-    def test_detection(self, test_id):
-        log.info("Iteration %d, Testing net (#%d)", self.progress.iter, test_id)
-        net = self.test_nets[test_id]
-        accumulators = [DetectionAccumulator() for _ in net.output_names]
-        loss = _f32(0)
-        for _, blobs, iter_loss in self._test_batches(test_id):
-            if self.param.test_compute_loss:
-                loss = _f32(loss + iter_loss)
-            for acc, name in zip(accumulators, net.output_names):
-                rows = blobs[name].detach().float().cpu().numpy()
-                if rows.ndim < 2 or rows.shape[-1] != 5:
-                    raise ProtonetError(f"test net #{test_id}: output '{name}' has shape {list(rows.shape)}; "
-                                        "eval_type detection needs DetectionEvaluate rows of width 5")
-                acc.add(rows)
-        if self.requested_early_exit:
-            log.info("Test interrupted.")
-            return None
-        if self.param.test_compute_loss:
-            log.info("Test loss: %s", format_float(_f32(loss / _f32(self.param.test_iter[test_id]))))
-        out = {}
-        for j, (acc, name) in enumerate(zip(accumulators, net.output_names)):
-            m_ap, aps = acc.evaluate(self.param.ap_version)
-            for label in acc.missing:
-                log.warning("Missing true_pos for label: %d", label)
-            if self.param.show_per_class_result:
-                for label, ap in aps.items():
-                    log.info("class%d: %s", label, format_float(ap))
-            log.info("    Test net output #%d: %s = %s", j, name, format_float(m_ap))
-            out[name] = (float(m_ap), {k: float(v) for k, v in aps.items()})
-        return out
+        return testing.test_all(self)
 
 
 # ---------------------------------------------------------------------- helpers
 
-def _weights_source(path):
-    """What Net.load_weights takes for a weights file: the path, or the blobs of a .caffemodel.h5."""
-    if os.fspath(path).endswith(".h5"):
-        from protonet.solver.hdf5_snapshot import read_weights_h5
-
-        return read_weights_h5(path)
-    return path
-
-
-def _to_channels_last(net):
+def to_channels_last(net):
     for module in net.modules():
         for name, p in list(module.named_parameters(recurse=False)):
             if p.dim() == 4:
                 p.data = p.data.contiguous(memory_format=torch.channels_last)
 
 
-def _skip_data(net, batches):
+def skip_data(net, batches):
     """Advance the data layers by `batches` batches so that a resumed run reads what an
     uninterrupted one would. Layers that cannot skip are left where Caffe leaves them: at the start."""
     if batches <= 0:
@@ -607,75 +419,3 @@ def _skip_data(net, batches):
                 log.info("Data layer %s: resuming after %d batches", name, batches)
             else:
                 log.info("Data layer %s cannot skip ahead: it restarts from its first record (as in Caffe)", name)
-
-
-class _LossScaler:
-    """Dynamic loss scaling for fp16 autocast: halve on overflow, double after 2000 clean steps."""
-
-    def __init__(self, scale=2.0 ** 16, growth_interval=2000):
-        self.scale_value = scale
-        self.growth_interval = growth_interval
-        self._clean = 0
-
-    def scale(self, loss):
-        return loss * self.scale_value
-
-    def unscale(self, blobs):
-        """Divide the gradients by the scale; False (and the scale halved) if any is not finite."""
-        grads = [b.grad for b in blobs if b.grad is not None]
-        finite = all(bool(torch.isfinite(g).all()) for g in grads)
-        if not finite:
-            self.scale_value /= 2.0
-            self._clean = 0
-            for g in grads:
-                g.zero_()
-            return False
-        inv = 1.0 / self.scale_value
-        for g in grads:
-            g.mul_(inv)
-        self._clean += 1
-        if self._clean >= self.growth_interval:
-            self.scale_value *= 2.0
-            self._clean = 0
-        return True
-
-
-def _average_gradients(blobs, world_size, bad=False):
-    """Caffe's P2PSync: gradients summed over the processes, then scaled by 1/world_size.
-    Returns whether any process flagged `bad` (a non-finite loss)."""
-    import torch.distributed as dist
-
-    for b in blobs:
-        if b.requires_grad and b.grad is None:
-            b.grad = torch.zeros_like(b)
-    grads = [b.grad for b in blobs if b.requires_grad]
-    device = grads[0].device if grads else (blobs[0].device if blobs else torch.device("cpu"))
-    flag = torch.tensor([1.0 if bad else 0.0], device=device)
-    flat = torch.cat([g.reshape(-1).float() for g in grads] + [flag])
-    dist.all_reduce(flat)
-    flat[:-1].mul_(1.0 / world_size)
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset:offset + n].view_as(g))
-        offset += n
-    return bool(flat[-1].item() > 0)
-
-
-def _broadcast_params(net):
-    import torch.distributed as dist
-
-    with torch.no_grad():
-        for tensor, _, _ in net.learnable_params:
-            dist.broadcast(tensor.data, src=0)
-
-
-def _agree_on_action(action, device):
-    """Every process takes the strongest request any of them got (stop > snapshot > none)."""
-    import torch.distributed as dist
-
-    code = {NONE: 0, SNAPSHOT: 1, STOP: 2}[action]
-    t = torch.tensor([code], dtype=torch.int32, device=device if device.type == "cuda" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return {0: NONE, 1: SNAPSHOT, 2: STOP}[int(t.item())]
-

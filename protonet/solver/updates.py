@@ -214,3 +214,34 @@ class Updater:
                 raise ProtonetError(f"{source}: history blob {i} has {a.size} values, expected "
                                     f"{h.numel()} (shape {list(h.shape)})")
             h.copy_(torch.from_numpy(a.reshape(tuple(h.shape))).to(h.device))
+
+
+class LossScaler:
+    """Dynamic loss scaling for fp16 autocast: halve on overflow, double after 2000 clean steps."""
+
+    def __init__(self, scale=2.0 ** 16, growth_interval=2000):
+        self.scale_value = scale
+        self.growth_interval = growth_interval
+        self._clean = 0
+
+    def scale(self, loss):
+        return loss * self.scale_value
+
+    def unscale(self, blobs):
+        """Divide the gradients by the scale; False (and the scale halved) if any is not finite."""
+        grads = [b.grad for b in blobs if b.grad is not None]
+        finite = all(bool(torch.isfinite(g).all()) for g in grads)
+        if not finite:
+            self.scale_value /= 2.0
+            self._clean = 0
+            for g in grads:
+                g.zero_()
+            return False
+        inv = 1.0 / self.scale_value
+        for g in grads:
+            g.mul_(inv)
+        self._clean += 1
+        if self._clean >= self.growth_interval:
+            self.scale_value *= 2.0
+            self._clean = 0
+        return True

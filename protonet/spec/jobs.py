@@ -1,9 +1,12 @@
 """Writing a training job the way Caffe's example scripts did: net, deploy and solver
 prototxts, a copy of each in the job directory, and a job script that trains and tees a log.
 
-The example scripts under examples/ use these; `protonet gen` reads back what they wrote
-(job scripts, missing inputs) to warn and to start the job with `--run`.
+The example scripts under examples/ use these. While `protonet gen` runs a script it hands its
+GenSession to `recording()`, and what these write (files, job scripts, missing inputs) is noted
+there, so that gen can warn and start the job with `--run`. A script run on its own prints its
+missing inputs instead.
 """
+import contextlib
 import os
 import re
 import stat
@@ -13,20 +16,20 @@ from protonet import caffe_pb2
 from protonet.io.prototxt import atomic_write
 from protonet.spec.net_spec import make_message
 
-# Filled since the last reset(): read by `protonet gen`.
-job_scripts = []
-missing_inputs = []
-written_files = []
-_quiet = False
+# The GenSession of the `protonet gen` run in progress, or None. The example scripts call this
+# module's functions with no session to pass, so gen sets it for the duration of a script.
+_session = None
 
 
-def reset(quiet=True):
-    """Forget what was written; `quiet` leaves warnings about missing inputs to the caller."""
-    global _quiet
-    job_scripts.clear()
-    missing_inputs.clear()
-    written_files.clear()
-    _quiet = quiet
+@contextlib.contextmanager
+def recording(session):
+    """Note what the functions below write and miss in `session` (a protonet.spec.session.GenSession)."""
+    global _session
+    previous, _session = _session, session
+    try:
+        yield session
+    finally:
+        _session = previous
 
 
 def check_inputs(*paths):
@@ -34,8 +37,9 @@ def check_inputs(*paths):
     the prototxts does not need them; training does, so they are reported, not fatal."""
     missing = [p for p in paths if not os.path.exists(p)]
     for path in missing:
-        missing_inputs.append(path)
-        if not _quiet:
+        if _session is not None:
+            _session.note_missing(path)  # gen warns
+        else:
             print(f"warning: {path} does not exist yet; the job needs it", file=sys.stderr)
     return not missing
 
@@ -47,7 +51,8 @@ def make_dirs(*paths):
 
 def _write(path, data):
     atomic_write(path, data)
-    written_files.append(os.path.abspath(path))
+    if _session is not None:
+        _session.note_written(path)
 
 
 def _write_text(message, path, copy_to=None):
@@ -123,5 +128,6 @@ def write_job_script(job_file, root, solver_file, log_file, weights=None, snapsh
         lines.append(f"2>&1 | tee {log_file}")
     _write(job_file, ("\n".join(lines) + "\n").encode("utf-8"))
     os.chmod(job_file, stat.S_IRWXU)
-    job_scripts.append(os.path.abspath(job_file))
+    if _session is not None:
+        _session.note_job_script(job_file)
     return job_file

@@ -30,11 +30,10 @@ import logging
 import os
 import random
 import shutil
-import sys
 import xml.etree.ElementTree as ET
 
-import click
 import cv2
+import lmdb
 import numpy as np
 
 from protonet import caffe_pb2
@@ -43,6 +42,7 @@ from protonet.errors import ProtonetError
 from protonet.io.json_files import check_box, load_coco
 from protonet.io.json_files import read_json as read_json_file
 from protonet.io.prototxt import read_bytes, read_utf8_lines
+from protonet.io.labelmap import map_name_to_label, read_labelmap
 
 log = logging.getLogger("protonet.create_annoset")
 F32 = np.float32
@@ -365,12 +365,9 @@ def read_csv_rows(rows, list_file, img_hw, name_to_label, anno_datum):
 def create_annoset(root, list_file, out_db, anno_type="classification", label_type="xml",
                    label_map_file="", check_label=False, min_dim=0, max_dim=0, resize_width=0,
                    resize_height=0, check_size=False, encode_type="", encoded=False, gray=False,
-                   shuffle=False, seed=None, backend="lmdb", redo=False, progress=True):
-    """Write the database; returns (records written, list lines skipped)."""
-    import lmdb
-
-    from protonet.io.labelmap import map_name_to_label, read_labelmap
-
+                   shuffle=False, seed=None, backend="lmdb", redo=False, progress=None):
+    """Write the database; returns (records written, list lines skipped). `progress` wraps the
+    iteration over the list's entries (a progress bar), if given."""
     if backend != "lmdb":
         raise ProtonetError(f"backend {backend!r} is not supported, only lmdb")
     if anno_type not in ("classification", "detection"):
@@ -411,19 +408,12 @@ def create_annoset(root, list_file, out_db, anno_type="classification", label_ty
     written, skipped, data_size = 0, [], None
     try:
         txn = env.begin(write=True)
-        bar = click.progressbar(length=len(entries), label="create-annoset",
-                                  file=sys.stderr,
-                                show_pos=True) if progress else None
-        if bar:
-            bar.__enter__()
-        for line_id, (lineno, image, label) in enumerate(entries):
+        for line_id, (lineno, image, label) in enumerate(progress(entries) if progress else entries):
             where = f"{list_file}:{lineno}"
             anno_datum = caffe_pb2.AnnotatedDatum()
             image_path = os.path.join(root, image)
             img = image_to_datum(image_path, label if anno_type == "classification" else -1,
                                  opts, anno_datum.datum)
-            if bar:
-                bar.update(1)
             if img is None:
                 log.warning("%s: cannot read image %s; skipped", where, image_path)
                 skipped.append(f"{where}: {image_path}")
@@ -450,8 +440,6 @@ def create_annoset(root, list_file, out_db, anno_type="classification", label_ty
                 txn = env.begin(write=True)
                 log.info("Processed %d files.", written)
         txn.commit()
-        if bar:
-            bar.__exit__(None, None, None)
         if written % COMMIT_EVERY:
             log.info("Processed %d files.", written)
         env.sync(True)
@@ -485,52 +473,10 @@ def _read_labels(label, label_type, root, image_path, list_file, name_to_label, 
         read_txt(label_path, img_hw, anno_datum)
 
 
-@click.command("create-annoset")
-@click.argument("root", type=click.Path())
-@click.argument("listfile", type=click.Path())
-@click.argument("outdb", type=click.Path())
-@click.argument("exampledir", type=click.Path(), required=False)
-@click.option("--anno-type", default="classification",
-              type=click.Choice(["classification", "detection"]), show_default=True)
-@click.option("--label-type", default="xml", type=click.Choice(["xml", "json", "txt", "csv",
-                                                                 "coco"]), show_default=True,
-              help="Label files: VOC xml, per-image or COCO json, txt; or csv (LISTFILE is a "
-                   "path,x1,y1,x2,y2,class CSV).")
-@click.option("--label-map-file", default="", help="LabelMap prototxt (detection).")
-@click.option("--check-label", is_flag=True, help="Fail on duplicated names in the label map.")
-@click.option("--min-dim", default=0, type=int, help="Scale up so the short side is >= this.")
-@click.option("--max-dim", default=0, type=int, help="Scale down so the long side is <= this.")
-@click.option("--resize-width", default=0, type=int)
-@click.option("--resize-height", default=0, type=int)
-@click.option("--check-size", is_flag=True, help="Check that all datums have the same size.")
-@click.option("--encode-type", default="", help="Encode images as jpg, png, ...")
-@click.option("--encoded", is_flag=True, help="Store encoded images (format of the file).")
-@click.option("--gray", is_flag=True, help="Read images as grayscale.")
-@click.option("--shuffle", is_flag=True, help="Shuffle the list before writing.")
-@click.option("--seed", default=None, type=int, help="Seed for --shuffle.")
-@click.option("--backend", default="lmdb", type=click.Choice(["lmdb", "leveldb"]))
-@click.option("--redo", is_flag=True, help="Recreate the database if it exists.")
-def create_annoset_command(root, listfile, outdb, exampledir, anno_type, label_type,
-                           label_map_file, check_label, min_dim, max_dim, resize_width,
-                           resize_height, check_size, encode_type, encoded, gray, shuffle, seed,
-                           backend, redo):
-    """Convert images and labels listed in LISTFILE (paths relative to ROOT) into an LMDB of
-    AnnotatedDatum at OUTDB, as Caffe's convert_annoset. With EXAMPLEDIR, also link OUTDB there
-    (as the fork's scripts/create_annoset.py)."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    written, skipped = create_annoset(
-        root, listfile, outdb, anno_type=anno_type, label_type=label_type,
-        label_map_file=label_map_file, check_label=check_label, min_dim=min_dim,
-        max_dim=max_dim, resize_width=resize_width, resize_height=resize_height,
-        check_size=check_size, encode_type=encode_type, encoded=encoded, gray=gray,
-        shuffle=shuffle, seed=seed, backend=backend, redo=redo)
-    if exampledir:
-        os.makedirs(exampledir, exist_ok=True)
-        link = os.path.join(exampledir, os.path.basename(os.path.normpath(outdb)))
-        if os.path.islink(link) or os.path.exists(link):
-            os.unlink(link)
-        os.symlink(os.path.abspath(outdb), link)
-    click.echo(f"wrote {written} records to {outdb}", err=True)
-    if skipped:
-        raise ProtonetError(f"{len(skipped)} images could not be read: " + "; ".join(skipped[:5])
-                            + (" ..." if len(skipped) > 5 else ""))
+def link_into(example_dir, out_db):
+    """A symlink to OUTDB in EXAMPLEDIR, as the fork's scripts/create_annoset.py makes."""
+    os.makedirs(example_dir, exist_ok=True)
+    link = os.path.join(example_dir, os.path.basename(os.path.normpath(out_db)))
+    if os.path.islink(link) or os.path.exists(link):
+        os.unlink(link)
+    os.symlink(os.path.abspath(out_db), link)

@@ -23,18 +23,22 @@ with the box in pixels of the original image (continuous coordinates, 0 at the l
 import json
 import os
 import re
-import sys
 
-import click
 import cv2
 import numpy as np
+import torch
 
 from protonet import caffe_pb2
+from protonet.data.pipeline import sample_processor
+from protonet.data.records import Sample
 from protonet.errors import ProtonetError
+from protonet.io.labelmap import label_names
 from protonet.io.prototxt import parse_prototxt, read_prototxt
+from protonet.layers.base import LAYERS, NetContext
+from protonet.net import Net
+from protonet.net.filtering import layer_included
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-DATA_LAYER_TYPES = ("AnnotatedData", "Data", "ImageData", "WindowData", "VideoData")
 TRANSFORM_COMMENT = re.compile(r"^#\s*transform_param\s*\{(.*)\}\s*$")
 LABELMAP_COMMENT = re.compile(r"^#\s*labelmap:\s*(\S+)\s*$")
 # Colours (BGR) for up to 20 classes, then they repeat.
@@ -62,16 +66,11 @@ def _comment_values(model_path):
 
 
 def _test_data_layer(net_param):
-    """The first data layer of a net that runs in TEST phase, or None."""
+    """The first data layer (a type whose class has `is_data`) that a TEST net includes, or None."""
+    state = caffe_pb2.NetState(phase=caffe_pb2.TEST)
     for layer in net_param.layer:
-        if layer.type not in DATA_LAYER_TYPES:
-            continue
-        phases = [rule.phase for rule in layer.include if rule.HasField("phase")]
-        if phases and caffe_pb2.TEST not in phases:
-            continue
-        if any(rule.HasField("phase") and rule.phase == caffe_pb2.TEST for rule in layer.exclude):
-            continue
-        return layer
+        if getattr(LAYERS.get(layer.type), "is_data", False) and layer_included(layer, state):
+            return layer
     return None
 
 
@@ -146,20 +145,6 @@ def collect_images(paths):
     return images
 
 
-def label_names(path):
-    """label -> display name (the name where there is none) from a LabelMap file; {} without one."""
-    from protonet.io.labelmap import map_label_to_display_name, map_label_to_name, read_labelmap
-
-    if not path:
-        return {}
-    if not os.path.exists(path):
-        raise ProtonetError(f"{path}: no such label map")
-    label_map = read_labelmap(path)
-    names = map_label_to_name(label_map, strict=False, source=path)
-    display = map_label_to_display_name(label_map, strict=False, source=path)
-    return {label: display.get(label) or name for label, name in names.items()}
-
-
 def _output_name(image, used):
     stem, ext = os.path.splitext(os.path.basename(image))
     ext = ext.lower() if ext.lower() in (".jpg", ".jpeg", ".png", ".bmp") else ".jpg"
@@ -200,13 +185,6 @@ class Detector:
     """A deploy net plus its test transform: `detect(image)` gives detections in image pixels."""
 
     def __init__(self, model, weights, device="cpu", mean=None, scale=None, resize=None, labelmap=None):
-        import torch
-
-        from protonet.data.records import Sample
-        from protonet.data.transform import Transformer
-        from protonet.net import Net
-
-        self._torch, self._sample = torch, Sample
         for path, what in ((model, "--model"), (weights, "--weights")):
             if not os.path.isfile(path):
                 raise ProtonetError(f"{path}: no such file ({what})")
@@ -229,9 +207,11 @@ class Detector:
         found, found_labelmap, self.transform_source = find_transform(model, self.net.net_param)
         self.transform_param = inference_transform(found, self.input_shape, mean, scale, resize)
         root = os.path.dirname(os.path.abspath(model))
-        self.transformer = Transformer(self.transform_param, phase=caffe_pb2.TEST, root_dir=os.getcwd(),
-                                       where=f"{model}: transform_param")
-        self.names = label_names(labelmap or self._resolve(found_labelmap, root))
+        # the data layers' own per-sample step, in the TEST phase (mean_file relative to here, as in Caffe)
+        layer = caffe_pb2.LayerParameter(name="detect", type="Data", transform_param=self.transform_param)
+        self.process = sample_processor(layer, NetContext(phase=caffe_pb2.TEST, root_dir=os.getcwd()),
+                                        where=f"{model}: transform_param")
+        self.names = label_names(labelmap or self._resolve(found_labelmap, root), display=True)
         self._rng = np.random.default_rng(0)
 
     @staticmethod
@@ -250,7 +230,7 @@ class Detector:
         return img if img.ndim == 3 else img[:, :, None]
 
     def transform(self, img, key):
-        chw, _ = self.transformer.transform(self._sample(key, img), self._rng)
+        chw, _ = self.process(Sample(key, img), self._rng)
         if chw.shape != self.input_shape[1:]:
             raise ProtonetError(f"detect: the transform gives {list(chw.shape)} but the net's input "
                                 f"'{self.input_name}' is {list(self.input_shape[1:])} (see --resize)")
@@ -258,7 +238,6 @@ class Detector:
 
     def detect(self, img, key="image", threshold=0.0):
         """Detections of one image (H, W, C uint8): dicts with label, class, score, box (pixels)."""
-        torch = self._torch
         data = torch.from_numpy(self.transform(img, key))[None].to(self.device)
         with torch.no_grad():
             rows = self.net.forward(**{self.input_name: data})[self.output_name]
@@ -302,7 +281,7 @@ def run_detect(model, weights, inputs, out_dir, labelmap=None, threshold=0.5, de
     return images, records
 
 
-def _floats(text, what, count=None):
+def parse_floats(text, what, count=None):
     try:
         values = [float(v) for v in text.replace("x", ",").split(",") if v.strip()]
     except ValueError:
@@ -310,45 +289,3 @@ def _floats(text, what, count=None):
     if count is not None and len(values) != count:
         raise ProtonetError(f"detect: {what} '{text}' needs {count} numbers")
     return values
-
-
-def device_for(gpu):
-    if gpu is None:
-        return "cpu"
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ProtonetError(f"--gpu {gpu}: no CUDA device is available")
-    index = int(gpu)
-    if index >= torch.cuda.device_count():
-        raise ProtonetError(f"--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s)")
-    return f"cuda:{index}"
-
-
-@click.command("detect")
-@click.option("--model", required=True, help="deploy prototxt (input blob + DetectionOutput)")
-@click.option("--weights", required=True, help="trained .caffemodel")
-@click.option("--labelmap", default=None, help="LabelMap prototxt for class names")
-@click.option("--threshold", default=0.5, show_default=True, help="keep detections with at least this score")
-@click.option("--gpu", default=None, help="CUDA device id (default: CPU)")
-@click.option("--mean", default=None, help="mean values B,G,R subtracted from the pixels (overrides the model's)")
-@click.option("--scale", type=float, default=None, help="pixel scale after the mean (overrides the model's)")
-@click.option("--resize", default=None, help="WxH the image is warped to (overrides the model's)")
-@click.option("--out", "out_dir", required=True, help="directory for the drawn images and detections.jsonl")
-@click.argument("inputs", nargs=-1, required=True)
-def detect_command(model, weights, labelmap, threshold, gpu, mean, scale, resize, out_dir, inputs):
-    """Run a detection net on IMAGES_OR_DIRS; draw the boxes and write detections.jsonl."""
-    mean_values = _floats(mean, "--mean") if mean else None
-    size = tuple(int(v) for v in _floats(resize, "--resize", 2)) if resize else None
-    err = sys.stderr
-
-    def progress(images):
-        with click.progressbar(images, label="detect", file=err, show_pos=True) as bar:
-            for path in bar:
-                yield path
-
-    images, records = run_detect(model, weights, inputs, out_dir, labelmap=labelmap, threshold=threshold,
-                                 device=device_for(gpu), mean=mean_values, scale=scale, resize=size,
-                                 progress=progress, log=click.echo)
-    click.echo(f"detect: {len(images)} image(s), {len(records)} detection(s) with score >= {threshold}; "
-               f"drawn images and detections.jsonl in {os.path.abspath(out_dir)}")

@@ -18,7 +18,7 @@ import os
 import re
 from collections import OrderedDict
 
-import click
+import cv2
 import numpy as np
 
 from protonet.errors import ProtonetError
@@ -121,19 +121,6 @@ def write_tables(log_path, out_dir, train, test, delimiter=","):
     return written
 
 
-@click.command("parse-log")
-@click.argument("logfile_path")
-@click.argument("output_dir")
-@click.option("--delimiter", default=",", help="Column delimiter of the CSV files.")
-@click.option("--verbose", is_flag=True, help="Print the names of the files written.")
-def parse_log_command(logfile_path, output_dir, delimiter, verbose):
-    """Parse a Caffe/protonet training log into LOG.train and LOG.test CSV tables."""
-    train, test = parse_log(logfile_path)
-    for name in write_tables(logfile_path, output_dir, train, test, delimiter):
-        if verbose:
-            click.echo(f"Wrote {name}")
-
-
 # ---------------------------------------------------------------------- plotting
 
 def plot_series(train, test):
@@ -151,14 +138,14 @@ def plot_series(train, test):
 
 def plot_png(panels, path, title=""):
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401  (an optional extra: OpenCV draws the plot without it)
     except ImportError:
         return _plot_opencv(panels, path, title)
     return _plot_matplotlib(panels, path, title)
 
 
 def _plot_matplotlib(panels, path, title):
-    import matplotlib
+    import matplotlib  # optional extra, see plot_png
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -182,8 +169,6 @@ _COLORS = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 1
 
 
 def _plot_opencv(panels, path, title):
-    import cv2
-
     width, panel_h, margin = 900, 260, 70
     img = np.full((panel_h * len(panels) + 40, width, 3), 255, np.uint8)
     font = cv2.FONT_HERSHEY_SIMPLEX
@@ -224,17 +209,3 @@ def _plot_opencv(panels, path, title):
             cv2.putText(img, label, (x1 - 200, y0 + 18 + 16 * k), font, 0.45, color, 1, cv2.LINE_AA)
     if not cv2.imwrite(os.fspath(path), img):
         raise ProtonetError(f"{path}: cannot write the PNG")
-
-
-@click.command("plot-log")
-@click.argument("logfile_path")
-@click.argument("png_path")
-@click.option("--title", default="", help="Title over the plots.")
-def plot_log_command(logfile_path, png_path, title):
-    """Plot train loss, learning rate and test outputs (mAP) of a training log into a PNG."""
-    if not png_path.lower().endswith(".png"):
-        raise ProtonetError(f"{png_path}: the plot is written as PNG; give a .png file name")
-    train, test = parse_log(logfile_path)
-    if not train and not test:
-        raise ProtonetError(f"{logfile_path}: no 'Train net output' or 'Test net output' lines to plot")
-    plot_png(plot_series(train, test), png_path, title or os.path.basename(logfile_path))

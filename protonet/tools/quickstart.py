@@ -1,6 +1,6 @@
 """The quickstart (`make demo`): make a dataset, write the nets, train an SSD, test it, detect.
 
-    python -m protonet.tools.quickstart [--root work/quickstart] [--max-iter N] [--train N --test M]
+    protonet quickstart [--root work/quickstart] [--max-iter N] [--train N --test M]
 
 Every step is an ordinary protonet command, run in ROOT and printed as you would type it, so the
 quickstart doubles as a walk through the tools:
@@ -12,19 +12,13 @@ quickstart doubles as a walk through the tools:
     protonet train --solver models/quickstart/ssd_shapes_128x128/solver.prototxt
     protonet test  --model .../test.prototxt --weights .../shapes_ssd_shapes_128x128_iter_N.caffemodel
     protonet detect --model .../deploy.prototxt --weights ... IMAGES --out results/detections
-
-A step whose command does not exist yet in this build is reported by name and the quickstart
-exits with status 3 before doing anything.
 """
-import importlib
 import os
 import re
 import shlex
 import subprocess
 import sys
 import time
-
-import click
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
@@ -39,35 +33,7 @@ JOB_DIR = f"jobs/quickstart/{JOB_NAME}"
 DETECT_DIR = "results/detections"
 DETECT_IMAGES = 8
 
-# step -> the CLI command it runs (from protonet.cli.COMMANDS)
-STEPS = [
-    ("make the dataset", "make-shapes"),
-    ("write the LMDBs", "create-annoset"),
-    ("write the nets from the NetSpec script", "gen"),
-    ("train", "train"),
-    ("test the final snapshot", "test"),
-    ("detect on test images", "detect"),
-]
 MAP_LINE = re.compile(r"detection_eval = ([0-9.eE+-]+|nan)")
-
-
-def missing_steps():
-    """The steps whose command cannot be loaded in this build, with the reason."""
-    from protonet.cli import COMMANDS
-
-    missing = []
-    for step, command in STEPS:
-        module_name, attr = COMMANDS[command].split(":")
-        try:
-            module = importlib.import_module(module_name)
-            getattr(module, attr)
-        except ModuleNotFoundError as exc:
-            missing.append((step, command, f"module {exc.name} is missing"))
-        except AttributeError:
-            missing.append((step, command, f"{module_name} has no {attr}"))
-        except Exception as exc:  # a module that exists but does not import is not available either
-            missing.append((step, command, f"{module_name} fails to import: {type(exc).__name__}: {exc}"))
-    return missing
 
 
 class Quickstart:
@@ -82,8 +48,8 @@ class Quickstart:
         shown = "protonet " + " ".join(shlex.quote(a) for a in args)
         self.log(f"\n$ {shown}")
         start = time.time()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen([sys.executable, "-m", "protonet", *args], cwd=self.root, env=env,
+        # -u: the step's lines come through as they are written
+        proc = subprocess.Popen([sys.executable, "-u", "-m", "protonet", *args], cwd=self.root,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         lines = []
         log_file = open(tee, "w") if tee else None
@@ -217,31 +183,3 @@ def print_summary(s, log=print):
         f"({s['seconds_per_iter']:.3f} s/iter, including test passes)")
     log(f"Total: {s['total_seconds'] / 60:.1f} min")
     log(f"quickstart: test mAP = {s['test_map']:.4f}")
-
-
-@click.command()
-@click.option("--root", default="work/quickstart", show_default=True,
-              help="where data/, models/, jobs/ and results/ are written")
-@click.option("--train", default=800, show_default=True, help="trainval images to make")
-@click.option("--test", default=200, show_default=True, help="test images to make")
-@click.option("--max-iter", type=int, default=None, help="shorten or lengthen the solver's schedule")
-@click.option("--base-lr", type=float, default=None, help="override the solver's base_lr")
-@click.option("--gpu", default=None, help="GPU id for train/test/detect (default: CPU)")
-def main(root, train, test, max_iter, base_lr, gpu):
-    """Make a dataset, write an SSD from a NetSpec script, train, test and detect, on CPU."""
-    missing = missing_steps()
-    if missing:
-        click.echo("quickstart: these steps are not available in this build of protonet yet:", err=True)
-        for step, command, why in missing:
-            click.echo(f"  {step}: `protonet {command}` ({why})", err=True)
-        sys.exit(3)
-    try:
-        summary = run(root, train, test, max_iter=max_iter, gpu=gpu, base_lr=base_lr)
-    except ProtonetError as exc:
-        click.echo(f"protonet: error: {exc}", err=True)
-        sys.exit(2)
-    print_summary(summary)
-
-
-if __name__ == "__main__":
-    main()

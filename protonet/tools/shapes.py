@@ -16,10 +16,8 @@ Written files, under OUTDIR:
 """
 import math
 import os
-import sys
 from xml.sax.saxutils import escape
 
-import click
 import cv2
 import numpy as np
 
@@ -280,25 +278,3 @@ def make_shapes(outdir, train=800, test=200, size=160, seed=0, progress=None):
 def _write(path, data):
     with open(path, "wb") as fh:
         fh.write(data)
-
-
-@click.command("make-shapes")
-@click.argument("outdir", type=click.Path(file_okay=False))
-@click.option("--train", "train", default=800, show_default=True, help="number of trainval images")
-@click.option("--test", "test", default=200, show_default=True, help="number of test images")
-@click.option("--size", default=160, show_default=True, help="image width and height in pixels")
-@click.option("--seed", default=0, show_default=True, help="the dataset is a function of the seed")
-def make_shapes_command(outdir, train, test, size, seed):
-    """Write a small shapes detection dataset (Pascal VOC layout) into OUTDIR."""
-    with click.progressbar(length=train + test, label="make-shapes", file=sys.stderr) as bar:
-        def progress(jobs):
-            for job in jobs:
-                yield job
-                bar.update(1)
-
-        paths = make_shapes(outdir, train=train, test=test, size=size, seed=seed, progress=progress)
-    click.echo(f"Wrote {train} trainval and {test} test images ({paths['objects']} objects, "
-               f"{paths['difficult']} difficult) of classes {', '.join(CLASSES)} to {paths['root']}")
-    click.echo(f"  list files: {paths['trainval']} {paths['test']}")
-    click.echo(f"  label map:  {paths['labelmap']}")
-    click.echo(f"  name/size:  {paths['name_size']}")

@@ -8,10 +8,7 @@ from protonet.spec.net_spec import NetSpec, layers, params, to_proto  # noqa: F4
 
 
 def __getattr__(name):
-    if name == "model_libs":
-        import importlib
-
-        return importlib.import_module(__name__ + ".model_libs")
-    raise AttributeError(f"caffe.{name}: protonet's `caffe` stand-in covers NetSpec scripts only "
-                         f"(NetSpec, layers, params, to_proto, proto, model_libs); "
+    # model_libs is set by protonet.compat.caffe_modules for the script being run (its fork's helpers).
+    raise AttributeError(f"caffe.{name}: protonet's `caffe` stand-in covers NetSpec scripts run by "
+                         f"`protonet gen` only (NetSpec, layers, params, to_proto, proto, model_libs); "
                          f"run nets with `protonet train` / `protonet test`")

@@ -1,4 +1,4 @@
-"""`protonet gen SCRIPT`: run a NetSpec script the way Caffe users ran theirs, from Caffe's root.
+"""Run a NetSpec script the way Caffe users ran theirs, from Caffe's root.
 
 The script runs with the current directory set to `--root` (Caffe's root; default: here),
 so its relative paths (`models/...`, `jobs/...`, `data/...`, `examples/...`) land where they
@@ -25,10 +25,10 @@ import subprocess
 import sys
 import traceback
 
-import click
-
+from protonet.compat import caffe_modules
 from protonet.errors import ProtonetError
 from protonet.spec import jobs
+from protonet.spec.session import GenSession
 
 _CAFFE_TOOL = re.compile(r"^(\s*)(?:\S*/)?build/tools/caffe(?:\.bin)?(?=\s)", re.MULTILINE)
 _CALLS_REFINEDET_HEAD = re.compile(r"\bCreateRefineDetHead\s*\(")
@@ -41,11 +41,11 @@ def detect_flavor(source):
 
 class _HeldLaunches:
     """Stands in for subprocess.call & co. while a script runs: a command that starts a file the
-    script wrote (its job script) is recorded instead of run; any other command runs as usual."""
+    script wrote (its job script) is noted in the session instead of run; any other command runs
+    as usual."""
 
-    def __init__(self, written_paths):
-        self.commands = []
-        self._written = written_paths
+    def __init__(self, session):
+        self._session = session
         self.real = {"call": subprocess.call, "check_call": subprocess.check_call, "run": subprocess.run,
                      "Popen": subprocess.Popen, "system": os.system}
 
@@ -57,16 +57,13 @@ class _HeldLaunches:
                 words = os.fsdecode(command).split()
         else:
             words = [os.fsdecode(word) for word in command]
-        if not words:
-            return False
-        program = os.path.abspath(words[0])
-        return program in self._written or program in jobs.job_scripts
+        return bool(words) and self._session.wrote(words[0])
 
     def _hold(self, command):
         if not self._is_job(command):
             return False
-        self.commands.append(os.fsdecode(command) if isinstance(command, (str, bytes, os.PathLike))
-                             else " ".join(map(os.fsdecode, command)))
+        self._session.note_launch(os.fsdecode(command) if isinstance(command, (str, bytes, os.PathLike))
+                                  else " ".join(map(os.fsdecode, command)))
         return True
 
     @staticmethod
@@ -103,16 +100,14 @@ class _HeldLaunches:
 
 
 class _WriteRecorder:
-    """`open` for the script: the builtin one, noting every path opened for writing."""
+    """`open` for the script: the builtin one, noting in the session every path opened for writing."""
 
-    def __init__(self):
-        self.paths = []
+    def __init__(self, session):
+        self._session = session
 
     def __call__(self, file, mode="r", *args, **kwargs):
         if isinstance(file, (str, bytes, os.PathLike)) and any(flag in mode for flag in "wax+"):
-            path = os.path.abspath(os.fsdecode(file))
-            if path not in self.paths:
-                self.paths.append(path)
+            self._session.note_written(file)
         return builtins.open(file, mode, *args, **kwargs)
 
 
@@ -145,39 +140,28 @@ def _rewrite_caffe_jobs(paths, echo):
     return rewritten
 
 
-def run_script(script, root=None, flavor=None, echo=None):
-    """Run a NetSpec script from `root` (default: the current directory).
-
-    Returns a dict: flavor, written (absolute paths the script opened for writing),
-    launches (commands held back), jobs (job scripts written through protonet.spec.jobs),
-    missing (input paths that do not exist)."""
-    from protonet.compat import caffe_modules, missing_paths
-
-    echo = echo or (lambda line: click.echo(line, err=True))
-    script = os.path.abspath(script)
-    root = os.path.abspath(root or os.getcwd())
-    if not os.path.isfile(script):
-        raise ProtonetError(f"{script}: no such script")
-    if not os.path.isdir(root):
-        raise ProtonetError(f"{root}: root is not a directory")
+def _compile(script, flavor):
+    """(code, flavour) of the script at absolute path `script`; a syntax error names its line."""
     with builtins.open(script, encoding="utf-8") as fh:
         source = fh.read()
-    flavor = flavor or detect_flavor(source)
     try:
         code = compile(source, script, "exec")
     except SyntaxError as exc:
         hint = " (a Python 2 print statement? protonet runs scripts as Python 3)" if "print" in (exc.text or "") else ""
         raise ProtonetError(f"{script}:{exc.lineno}:{exc.offset or 0}: {exc.msg}{hint}") from None
+    return code, flavor or detect_flavor(source)
 
-    writes = _WriteRecorder()
-    held = _HeldLaunches(writes.paths)
+
+def _execute(code, session):
+    """Run the compiled script as __main__ from session.root, noting into `session`."""
+    script = session.script
+    held = _HeldLaunches(session)
     namespace = {"__name__": "__main__", "__file__": script, "__builtins__": builtins,
-                 "open": writes, "xrange": range}
+                 "open": _WriteRecorder(session), "xrange": range}
     saved_cwd, saved_path, saved_argv = os.getcwd(), list(sys.path), list(sys.argv)
-    jobs.reset()
     try:
-        with caffe_modules(flavor):
-            os.chdir(root)
+        with caffe_modules(session.flavor, session), jobs.recording(session):
+            os.chdir(session.root)
             sys.argv = [script]
             sys.path.insert(0, os.path.dirname(script))
             held.install()
@@ -188,68 +172,28 @@ def run_script(script, root=None, flavor=None, echo=None):
                     raise ProtonetError(f"{script}: exited with status {exc.code}") from None
             except Exception as exc:  # the user's script: report where it failed, in one line
                 raise _script_error(script, exc) from exc
-            missing = list(dict.fromkeys(missing_paths + jobs.missing_inputs))
     finally:
         held.uninstall()
         os.chdir(saved_cwd)
         sys.path[:] = saved_path
         sys.argv[:] = saved_argv
 
-    _rewrite_caffe_jobs(writes.paths, echo)
-    written = list(dict.fromkeys(writes.paths + jobs.written_files))
-    return {"flavor": flavor, "written": written, "launches": held.commands,
-            "jobs": list(jobs.job_scripts), "missing": missing, "root": root}
 
+def run_script(script, root=None, flavor=None, echo=None):
+    """Run a NetSpec script from `root` (default: the current directory).
 
-def _start_jobs(result, echo):
-    root = result["root"]
-    commands = list(result["launches"])
-    for job in result["jobs"]:
-        if not any(os.path.abspath(os.path.join(root, c)) == job for c in commands):
-            commands.append(job)
-    if not commands:
-        raise ProtonetError("--run: the script wrote no job script to start")
-    if result["missing"]:
-        raise ProtonetError("--run: not starting the job, missing: " + ", ".join(result["missing"]))
-    env = dict(os.environ)
-    # The job script calls `protonet`: make it this installation's.
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    for command in commands:
-        echo(f"protonet gen: starting {command}")
-        status = subprocess.call(command, shell=True, cwd=root, env=env)
-        if status != 0:
-            raise ProtonetError(f"job {command} exited with status {status}")
-
-
-@click.command("gen")
-@click.argument("script", type=click.Path(dir_okay=False))
-@click.option("--root", type=click.Path(file_okay=False), default=None,
-              help="Caffe's root: the script runs from here and its relative paths start here "
-                   "(default: the current directory).")
-@click.option("--run", is_flag=True, help="Start the job script once the files are written.")
-@click.option("--flavor", type=click.Choice(["ssd", "refinedet"]), default=None,
-              help="model_libs of the SSD fork or of RefineDet (default: refinedet when the script "
-                   "calls CreateRefineDetHead, ssd otherwise).")
-def gen_command(script, root, run, flavor):
-    """Run a NetSpec SCRIPT (a protonet example or an unchanged Caffe script) from Caffe's root:
-    it writes train/test/deploy/solver prototxts and the job script. Missing data or weights are
-    warnings; --run starts the job."""
-
-    def echo(line):
-        click.echo(line, err=True)
-
-    # The script's own prints go where they went under Caffe; ours go to stderr.
-    result = run_script(script, root=root, flavor=flavor, echo=echo)
-    root = result["root"]
-    for path in result["missing"]:
-        echo(f"protonet gen: warning: {path} does not exist (under {root}); "
-             f"the job needs it before it can run")
-    for path in result["written"]:
-        echo(f"protonet gen: wrote {os.path.relpath(path, root)}")
-    if run:
-        _start_jobs(result, echo)
-    else:
-        pending = result["launches"] or [os.path.relpath(p, root) for p in result["jobs"]]
-        for command in pending:
-            echo(f"protonet gen: job not started: {command} (use --run, or run it from {root})")
-
+    Returns its GenSession: flavor, root, written (absolute paths the script wrote), launches
+    (commands held back), job_scripts (written through protonet.spec.jobs), missing (input paths
+    that do not exist)."""
+    echo = echo or (lambda line: print(line, file=sys.stderr))
+    script = os.path.abspath(script)
+    root = os.path.abspath(root or os.getcwd())
+    if not os.path.isfile(script):
+        raise ProtonetError(f"{script}: no such script")
+    if not os.path.isdir(root):
+        raise ProtonetError(f"{root}: root is not a directory")
+    code, flavor = _compile(script, flavor)
+    session = GenSession(script=script, root=root, flavor=flavor)
+    _execute(code, session)
+    _rewrite_caffe_jobs(session.written, echo)
+    return session

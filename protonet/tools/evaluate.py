@@ -1,4 +1,4 @@
-"""`protonet eval`: evaluate a detection test net outside training.
+"""Evaluate a detection test net outside training (`protonet eval`).
 
     protonet eval --model test.prototxt [--weights W.caffemodel] [--iterations N]
                   [--ap-version 11point|MaxIntegral|Integral] [--labelmap L]
@@ -16,18 +16,15 @@ N defaults to the whole test set: the lines of the name/size file divided by the
 """
 import math
 import os
-import sys
 
-import click
 import numpy as np
+import torch
 
-from protonet import caffe_pb2
 from protonet.errors import ProtonetError
-from protonet.io.name_size import read_name_size
 from protonet.eval.voc import AP_VERSIONS, DetectionAccumulator
-
-BATCHED_DATA_PARAMS = ("data_param", "image_data_param", "hdf5_data_param", "memory_data_param",
-                       "window_data_param", "video_data_param")
+from protonet.io.labelmap import label_names, map_label_to_name, read_labelmap
+from protonet.io.name_size import read_name_size
+from protonet.net import Net
 
 
 def _layers_of_type(net, type_name):
@@ -35,11 +32,10 @@ def _layers_of_type(net, type_name):
 
 
 def _batch_size(net):
+    """The batch size of the test net: the first dimension of its first data layer's first top."""
     for layer in net.layers.values():
-        if getattr(layer, "is_data", False):
-            for field in BATCHED_DATA_PARAMS:
-                if layer.param.HasField(field) and getattr(layer.param, field).batch_size:
-                    return int(getattr(layer.param, field).batch_size)
+        if layer.is_data and layer.top_shapes and layer.top_shapes[0]:
+            return int(layer.top_shapes[0][0])
     return None
 
 
@@ -63,20 +59,10 @@ def _labelmap_file(net, option):
     return None
 
 
-def _label_names(path):
-    if not path:
-        return {}
-    from protonet.tools.detect import label_names
-
-    return label_names(path)
-
-
 class CocoCollector:
     """DetectionOutput rows of successive batches -> COCO result dicts."""
 
     def __init__(self, net, model, gt, labelmap_path):
-        from protonet.io.labelmap import map_label_to_name, read_labelmap
-
         outs = _layers_of_type(net, "DetectionOutput")
         if not outs:
             raise ProtonetError(f"{model}: --coco-gt needs a DetectionOutput layer in the test net")
@@ -135,8 +121,8 @@ class CocoCollector:
                 self.seen.add(self.image_ids[self.offset + k])
         self.offset += self.batch
 
-    def evaluate(self, gt, echo):
-        from pycocotools.cocoeval import COCOeval
+    def evaluate(self, gt):
+        from pycocotools.cocoeval import COCOeval  # pycocotools (imports matplotlib): only for --coco-gt
 
         if not self.results:
             raise ProtonetError("--coco-gt: the net made no detections; nothing to score")
@@ -150,12 +136,8 @@ class CocoCollector:
 
 
 def evaluate(model, weights=None, iterations=None, ap_version="11point", labelmap=None, coco_gt=None,
-             device="cpu", progress=None, echo=print):
+             device="cpu", progress=None):
     """Run the test net; returns {'map': mAP, 'ap': {label: AP}, 'names': {...}, 'coco': stats or None}."""
-    import torch
-
-    from protonet.net import Net
-
     if ap_version not in AP_VERSIONS:
         raise ProtonetError(f"--ap-version {ap_version}: one of {', '.join(AP_VERSIONS)}")
     if not os.path.isfile(model):
@@ -188,47 +170,12 @@ def evaluate(model, weights=None, iterations=None, ap_version="11point", labelma
                 acc.add(blobs[top].detach().cpu().numpy())
             if collector is not None:
                 collector.add(blobs)
-    result = {"names": _label_names(labelmap), "iterations": iterations, "coco": None, "map": None, "ap": {}}
+    result = {"names": label_names(labelmap, display=True), "iterations": iterations, "coco": None, "map": None, "ap": {}}
     for k, acc in enumerate(accumulators):
         m_ap, aps = acc.evaluate(ap_version)
         if k == 0:
             result["map"], result["ap"] = float(m_ap), {label: float(ap) for label, ap in aps.items()}
         result.setdefault("outputs", []).append(float(m_ap))
     if collector is not None:
-        result["coco"] = collector.evaluate(gt, echo)
+        result["coco"] = collector.evaluate(gt)
     return result
-
-
-@click.command("eval")
-@click.option("--model", required=True, help="test prototxt with DetectionEvaluate (and DetectionOutput for COCO)")
-@click.option("--weights", default=None, help="trained .caffemodel (none: the net's fillers)")
-@click.option("--iterations", type=int, default=None, help="test batches (default: the whole name/size file)")
-@click.option("--ap-version", default="11point", show_default=True, type=click.Choice(AP_VERSIONS),
-              help="Caffe's AP: VOC2007's 11 points, VOC2012's MaxIntegral, or Integral")
-@click.option("--labelmap", default=None, help="LabelMap for class names (default: the data layer's)")
-@click.option("--coco-gt", default=None, help="COCO instances JSON: score with pycocotools' COCOeval too")
-@click.option("--gpu", default=None, help="CUDA device id (default: CPU)")
-def eval_command(model, weights, iterations, ap_version, labelmap, coco_gt, gpu):
-    """Evaluate a detection test net: VOC AP per class and mAP, or COCO's summary."""
-    from protonet.tools.detect import device_for
-
-    device = device_for(gpu)
-    err = sys.stderr
-
-    def progress(steps):
-        with click.progressbar(steps, label="eval", file=err, show_pos=True) as bar:
-            yield from bar
-
-    result = evaluate(model, weights, iterations, ap_version, labelmap, coco_gt, device, progress, click.echo)
-    names = result["names"]
-    click.echo(f"Evaluated {result['iterations']} batches of {model}" + (f" with {weights}" if weights else ""))
-    if result["map"] is not None:
-        width = max([len(str(names.get(label, label))) for label in result["ap"]] + [5])
-        click.echo(f"{'label':>5}  {'class':<{width}}  AP ({ap_version})")
-        for label, ap in sorted(result["ap"].items()):
-            click.echo(f"{label:>5}  {str(names.get(label, '')):<{width}}  {ap:.6f}")
-        click.echo(f"mAP ({ap_version}) = {result['map']:.6f}")
-        for k, value in enumerate(result.get("outputs", [])[1:], 1):
-            click.echo(f"detection_eval #{k} = {value:.6f}")
-    if result["coco"] is not None:
-        click.echo("COCO bbox: " + " ".join(f"{v:.4f}" for v in result["coco"]))

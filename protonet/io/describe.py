@@ -1,4 +1,4 @@
-"""`protonet inspect FILE` and `protonet upgrade IN OUT`.
+"""What a Caffe file is and holds: the reading and upgrading behind `protonet inspect` and `upgrade`.
 
 The kind of a file is told by its content, not its name: text files are parsed as the message whose
 top-level field names they use (NetParameter, SolverParameter, LabelMap); binary files as the message
@@ -7,9 +7,7 @@ BlobProto = a binaryproto mean).
 """
 import os
 import re
-import sys
 
-import click
 import numpy as np
 
 from protonet import caffe_pb2
@@ -18,7 +16,6 @@ from protonet.io import upgrade as upgrade_rules
 from protonet.io.blobs import blob_shape, blob_to_array
 from protonet.io.prototxt import (
     read_bytes,
-    atomic_write,
     format_prototxt,
     looks_like_text,
     parse_binary_proto,
@@ -92,11 +89,11 @@ def load_any(path):
 # -------------------------------------------------------------------------------------- inspect
 
 
-def _shape_text(shape):
+def shape_text(shape):
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
-def _table(rows):
+def table(rows):
     if not rows:
         return []
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -130,9 +127,9 @@ def _describe_net(net, path, with_blobs):
         lines.append(f"{path}: net {name}, {len(net.layer)} layers")
     for i, blob in enumerate(net.input):
         if i < len(net.input_shape):
-            shape = _shape_text(net.input_shape[i].dim)
+            shape = shape_text(net.input_shape[i].dim)
         elif len(net.input_dim) >= 4 * (i + 1):
-            shape = _shape_text(net.input_dim[4 * i:4 * i + 4])
+            shape = shape_text(net.input_dim[4 * i:4 * i + 4])
         else:
             shape = ""
         lines.append(f"  input {blob} {shape}".rstrip())
@@ -140,15 +137,15 @@ def _describe_net(net, path, with_blobs):
     for layer in net.layer:
         flow = f"{', '.join(layer.bottom) or '-'} -> {', '.join(layer.top) or '-'}"
         if with_blobs:
-            blobs = " ".join(_shape_text(blob_shape(b)) for b in layer.blobs) or "-"
+            blobs = " ".join(shape_text(blob_shape(b)) for b in layer.blobs) or "-"
             rows.append((layer.name, layer.type, blobs, flow + _rule_text(layer)))
         else:
             rows.append((layer.name, layer.type, flow + _rule_text(layer)))
-    lines += [line.rstrip() for line in _table(rows)]
+    lines += [line.rstrip() for line in table(rows)]
     return lines
 
 
-def _describe(kind, msg, path):
+def describe(kind, msg, path):
     if kind in ("net", "caffemodel"):
         return _describe_net(msg, path, with_blobs=kind == "caffemodel")
     if kind == "solver":
@@ -156,15 +153,15 @@ def _describe(kind, msg, path):
                                                   format_prototxt(msg).splitlines()]
     if kind == "labelmap":
         rows = [(str(item.label), item.name, item.display_name) for item in msg.item]
-        return [f"{path}: label map, {len(msg.item)} items"] + _table([("label", "name", "display_name")] + rows)
+        return [f"{path}: label map, {len(msg.item)} items"] + table([("label", "name", "display_name")] + rows)
     if kind == "solverstate":
         lines = [f"{path}: solverstate, iter {msg.iter}, current_step {msg.current_step}",
                  f"  learned_net {msg.learned_net or '-'}", f"  {len(msg.history)} history blobs"]
-        lines += [f"    {i}: {_shape_text(blob_shape(b))}" for i, b in enumerate(msg.history)]
+        lines += [f"    {i}: {shape_text(blob_shape(b))}" for i, b in enumerate(msg.history)]
         return lines
     if kind == "blob":
         arr = blob_to_array(msg)
-        line = f"{path}: blob {_shape_text(arr.shape)}"
+        line = f"{path}: blob {shape_text(arr.shape)}"
         if arr.ndim == 4 and arr.size:
             line += ", per-channel mean " + " ".join(f"{v:.6g}" for v in arr.mean(axis=(0, 2, 3)))
         return [line]
@@ -186,66 +183,3 @@ def upgrade_loaded(kind, msg, path, input_fields_to_layer=False):
     if kind == "solver":
         return (["solver_type -> type"] if upgrade_rules.upgrade_solver(msg, source=path) else []), []
     raise ProtonetError(f"{path}: a {kind} file has no older form to upgrade")
-
-
-def _describe_shapes(net_param, path, phase):
-    """The layers a net builds in `phase`, with the shapes of their tops, as Caffe infers them."""
-    from protonet.net import Net
-
-    net = Net(net_param, phase=phase)
-    rows = []
-    for lparam in net.net_param.layer:
-        tops = " ".join(_shape_text(net.blob_shapes[t]) for t in lparam.top) or "-"
-        flow = f"{', '.join(lparam.bottom) or '-'} -> {', '.join(lparam.top) or '-'}"
-        rows.append((lparam.name, lparam.type, tops, flow))
-    head = f"{path}: net {net.name or '(unnamed)'} in phase {phase.upper()}, {len(rows)} layers, top shapes:"
-    return [head] + [line.rstrip() for line in _table(rows)]
-
-
-@click.command("inspect")
-@click.argument("file")
-@click.option("--shapes", is_flag=True,
-              help="For a net: build it (weights from the fillers) and print the shape of every top.")
-@click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST",
-              show_default=True, help="The phase whose layers --shapes builds.")
-def inspect_command(file, shapes, phase):
-    """Print what FILE holds: layers (name, type, bottoms -> tops) of a net prototxt, layers and blob
-    shapes of a .caffemodel, a solver, label map, solverstate or binaryproto blob.
-
-    Nets and caffemodels are shown upgraded to the current form, as Caffe would load them."""
-    kind, msg, _ = load_any(file)
-    if kind in ("net", "caffemodel", "solver"):
-        upgrade_loaded(kind, msg, file)
-    if shapes:
-        if kind != "net":
-            raise ProtonetError(f"{file}: --shapes needs a net prototxt, this is a {kind} file")
-        click.echo("\n".join(_describe_shapes(msg, file, phase)))
-        return
-    click.echo("\n".join(_describe(kind, msg, file)))
-
-
-@click.command("upgrade")
-@click.argument("src", metavar="IN")
-@click.argument("dst", metavar="OUT")
-@click.option("--input-layer", is_flag=True,
-              help="Also turn `input`/`input_dim`/`input_shape` into an Input layer, as Caffe's tool does.")
-def upgrade_command(src, dst, input_layer):
-    """Write IN, a net prototxt, caffemodel or solver in an old form (V0, V1 `layers`, `solver_type`),
-    upgraded to the current form as OUT, in the same form (text stays text, binary stays binary).
-
-    Exit status 1 when some old parameter had no place in the new form (listed on stderr)."""
-    kind, msg, form = load_any(src)
-    steps, problems = upgrade_loaded(kind, msg, src, input_fields_to_layer=input_layer)
-    if form == "text":
-        atomic_write(dst, format_prototxt(msg).encode("utf-8"))
-    else:
-        atomic_write(dst, msg.SerializeToString())
-    for step in steps:
-        click.echo(f"{src}: upgraded {step}")
-    if not steps:
-        click.echo(f"{src}: already in the latest format; written unchanged")
-    click.echo(f"wrote {'text' if form == 'text' else 'binary'} {kind} {dst}")
-    for line in problems:
-        click.echo(f"protonet: warning: {line}", err=True)
-    if problems:
-        sys.exit(1)
