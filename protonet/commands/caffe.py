@@ -4,7 +4,7 @@ import os
 import click
 import torch
 
-from protonet.commands.options import caffe_option, glog_output, stage_list
+from protonet.commands.options import caffe_option, glog_output, net_checks, stage_list
 from protonet.devices import parse_gpus
 from protonet.errors import ProtonetError
 from protonet.solver.logger import get_logger
@@ -49,8 +49,9 @@ def torchrun_environment():
 @caffe_option("allow_python_layers", is_flag=True, default=False,
               help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @caffe_option("log", "log_file", default=None, help="Also append the log to this file.")
+@net_checks()
 def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, level, stage,
-                  amp, channels_last, workers, data_shuffle, reencode_jpeg, allow_python_layers, log_file):
+                  amp, channels_last, workers, data_shuffle, reencode_jpeg, allow_python_layers, log_file, checks):
     """Train or finetune a model (caffe train)."""
     if snapshot and weights:
         raise ProtonetError("give --snapshot to resume training or --weights to finetune, not both")
@@ -60,7 +61,7 @@ def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sig
     gpus = parse_gpus(gpu)
     options = RunOptions(device=f"cuda:{gpus[0]}" if gpus else "cpu", stages=stage_list(stage), level=level,
                          amp=amp, channels_last=channels_last, data_workers=workers, data_shuffle=data_shuffle,
-                         reencode_jpeg=reencode_jpeg, allow_python_layers=allow_python_layers)
+                         reencode_jpeg=reencode_jpeg, allow_python_layers=allow_python_layers, **checks)
     job = TrainJob(solver=solver, options=options, weights=weights or None, snapshot=snapshot or None,
                    sigint_effect=sigint_effect, sighup_effect=sighup_effect, max_iter=iterations,
                    log_to_stderr=True, log_path=log_file)
@@ -121,12 +122,13 @@ def _device(gpu):
 @caffe_option("allow_python_layers", is_flag=True, default=False,
               help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @caffe_option("log", "log_file", default=None, help="Also append the log to this file.")
+@net_checks()
 def test_command(model, weights, iterations, gpu, level, stage, ap_version, show_per_class_result,
-                 allow_python_layers, log_file):
+                 allow_python_layers, log_file, checks):
     """Score a model (caffe test); nets ending in DetectionEvaluate print their mAP."""
     with glog_output(log_file):
         score_model(model, weights, iterations, _device(gpu), level, stage_list(stage), ap_version,
-                    show_per_class_result, allow_python_layers)
+                    show_per_class_result, allow_python_layers, **checks)
 
 
 # ---------------------------------------------------------------------- time
@@ -143,11 +145,13 @@ def test_command(model, weights, iterations, gpu, level, stage, ap_version, show
 @caffe_option("channels_last", is_flag=True, default=False, help="Channels-last memory format for 4-D weights.")
 @caffe_option("allow_python_layers", is_flag=True, default=False,
               help="Run the prototxt's Python layers (they execute code the prototxt names).")
-def time_command(model, iterations, gpu, phase, level, stage, weights, amp, channels_last, allow_python_layers):
+@net_checks()
+def time_command(model, iterations, gpu, phase, level, stage, weights, amp, channels_last, allow_python_layers,
+                 checks):
     """Benchmark a model's forward and backward passes (caffe time)."""
     with glog_output():
         time_model(model, iterations, _device(gpu), phase or "TRAIN", level, stage_list(stage), weights, amp,
-                   channels_last, allow_python_layers)
+                   channels_last, allow_python_layers, **checks)
 
 
 # ---------------------------------------------------------------------- device query

@@ -23,6 +23,7 @@ from protonet.data.loader import BatchMaker, LmdbSource, Prefetcher
 from protonet.data.records import LmdbReader, Sample, first_good_record
 from protonet.data.transform import AnnotatedPipeline, Transformer, label_rows
 from protonet.errors import ProtonetError
+from protonet.sizes import FLOAT_BYTES, blob_count, reserve_bytes
 
 R = caffe_pb2.ResizeParameter
 log = logging.getLogger("protonet.data")
@@ -118,6 +119,10 @@ class Pipeline:
         shapes = [(self.batch_size, c, h, w)]
         if n_tops > 1:
             shapes.append(self.label_shape or (self.batch_size,))
+        # the prefetch queue holds `prefetch` batches besides the tops: reserved while the net is built
+        batch_values = blob_count(shapes[0], f"layer {self.name}: data")
+        reserve_bytes(self.prefetch * batch_values * FLOAT_BYTES, f"layer {self.name}: {self.prefetch} prefetched "
+                      "batches", shapes[0])
         return shapes
 
     def batches(self, ctx, with_labels=True):

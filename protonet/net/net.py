@@ -58,12 +58,13 @@ class Net(nn.Module):
     to_proto; share_weights_from.
     """
 
-    def __init__(self, net, phase=None, stages=(), level=0, weights=None, ctx=None):
+    def __init__(self, net, phase=None, stages=(), level=0, weights=None, ctx=None, source=None):
         super().__init__()
         # Every blob's bytes are reserved against this budget before they are allocated (protonet.sizes);
         # the layers' own Python objects first, from their count, before the file is even parsed.
         budget = sizes.MemoryBudget(ctx.max_memory if ctx is not None else None)
         param, where = self._read(net, budget)
+        self.source = source or where  # the prototxt (or message) the net came from, for messages
         if phase is None:
             phase = ctx.phase if ctx is not None else (param.state.phase if param.state.HasField("phase")
                                                        else caffe_pb2.TEST)
@@ -315,49 +316,53 @@ class Net(nn.Module):
         return total
 
     # ------------------------------------------------------------------ weights
-    def load_weights(self, source):
+    def load_weights(self, source, strict=False):
         """Caffe's CopyTrainedLayersFrom: blobs copied by layer name, every shape checked.
 
         `source` is a NetParameter, a path, a list of paths, or 'a.caffemodel,b.caffemodel' (later
-        files win). Returns the names of the layers with blobs that no source provided."""
-        if isinstance(source, caffe_pb2.NetParameter):
-            if len(source.layers) and not len(source.layer):
-                source = caffe_pb2.NetParameter.FromString(source.SerializeToString())
-                upgrade_net(source, source=f"net {source.name or '?'}")
-            where = f"net {source.name or '?'}"
-            sources = [(where, [(l.name, [(blob_to_array(b), _proto_shape(b)) for b in l.blobs])
-                                for l in source.layer])]
-        else:
-            paths = source.split(",") if isinstance(source, str) else (
-                [source] if isinstance(source, os.PathLike) else list(source))
-            # Straight from the file bytes: a file's blob arrays come with their stored shapes
-            # (legacy num/channels/height/width as 4 axes).
-            sources = [(os.fspath(p), [(name, [(a, None) for a in arrays])
-                                       for name, arrays in read_caffemodel_arrays(p).items()]) for p in paths]
+        files win). A file none of whose layers is a layer of this net is a warning naming both (the
+        net trains from its fillers); with `strict` (--strict-weights) it is an error when no layer at
+        all was copied. Returns the names of the layers with blobs that no source provided."""
+        sources = _weight_sources(source)
         copied = set()
         for where, layers in sources:
-            for name, blobs in layers:
-                layer = self.layers.get(name)
-                if layer is None:
-                    log.info("Ignoring source layer %s", name)
-                    continue
-                target = layer.blobs
-                if len(target) != len(blobs):
-                    raise ShapeError(f"{where}: layer {name}: the file has {len(blobs)} blobs, "
-                                     f"the net's layer has {len(target)}")
-                for i, (t, (arr, proto_shape)) in enumerate(zip(target, blobs)):
-                    shape = tuple(t.shape)
-                    ok = _shape_equals(proto_shape, shape) if proto_shape is not None else _array_fits(arr, shape)
-                    if not ok:
-                        raise ShapeError(f"{where}: layer {name} blob {i}: the file has shape "
-                                         f"{list(arr.shape)}, the net needs {list(shape)}")
-                    with torch.no_grad():
-                        t.copy_(torch.tensor(arr.reshape(shape), dtype=t.dtype))
-                copied.add(name)
+            matched = self._copy_layers(where, layers)
+            copied |= matched
+            with_blobs = sum(1 for _, blobs in layers if blobs)
+            if with_blobs and not matched:
+                log.warning("%s: none of its %d layers with weights is a layer of %s; nothing was copied from it",
+                            where, with_blobs, self.source)
+        if strict and not copied:
+            raise ProtonetError(f"{', '.join(w for w, _ in sources)}: no layer matches a layer of {self.source} "
+                                "(--strict-weights)")
         missing = [n for n, l in self.layers.items() if len(l.blobs) and n not in copied]
         if missing:
             log.info("Layers not in the weights file(s), keeping their fillers: %s", ", ".join(missing))
         return missing
+
+    def _copy_layers(self, where, layers):
+        """Copy the blobs of [(layer name, [(array, stored shape or None)])] into the layers of the same
+        name; returns the names copied."""
+        copied = set()
+        for name, blobs in layers:
+            layer = self.layers.get(name)
+            if layer is None:
+                log.info("Ignoring source layer %s", name)
+                continue
+            target = layer.blobs
+            if len(target) != len(blobs):
+                raise ShapeError(f"{where}: layer {name}: the file has {len(blobs)} blobs, "
+                                 f"the net's layer has {len(target)}")
+            for i, (t, (arr, proto_shape)) in enumerate(zip(target, blobs)):
+                shape = tuple(t.shape)
+                ok = _shape_equals(proto_shape, shape) if proto_shape is not None else _array_fits(arr, shape)
+                if not ok:
+                    raise ShapeError(f"{where}: layer {name} blob {i}: the file has shape "
+                                     f"{list(arr.shape)}, the net needs {list(shape)}")
+                with torch.no_grad():
+                    t.copy_(torch.tensor(arr.reshape(shape), dtype=t.dtype))
+            copied.add(name)
+        return copied
 
     def to_proto(self, with_blobs=True):
         """The net definition (the layers this state includes) with its blobs, as Caffe's Net::ToProto."""
@@ -401,6 +406,23 @@ class Net(nn.Module):
 
     def extra_repr(self):
         return f"name={self.name!r}, phase={'TRAIN' if self.phase == caffe_pb2.TRAIN else 'TEST'}"
+
+
+def _weight_sources(source):
+    """[(where, [(layer name, [(array, stored shape or None)])])] of the layers with blobs of each source."""
+    if isinstance(source, caffe_pb2.NetParameter):
+        if len(source.layers) and not len(source.layer):
+            source = caffe_pb2.NetParameter.FromString(source.SerializeToString())
+            upgrade_net(source, source=f"net {source.name or '?'}")
+        where = f"net {source.name or '?'}"
+        return [(where, [(l.name, [(blob_to_array(b), _proto_shape(b)) for b in l.blobs])
+                         for l in source.layer])]
+    paths = source.split(",") if isinstance(source, str) else (
+        [source] if isinstance(source, os.PathLike) else list(source))
+    # Straight from the file bytes: a file's blob arrays come with their stored shapes
+    # (legacy num/channels/height/width as 4 axes).
+    return [(os.fspath(p), [(name, [(a, None) for a in arrays])
+                            for name, arrays in read_caffemodel_arrays(p).items()]) for p in paths]
 
 
 def _proto_shape(blob):

@@ -12,13 +12,15 @@ log = get_logger("caffe")
 
 
 def score_model(model, weights, iterations, device="cpu", level=0, stages=(), ap_version="11point",
-                per_class=False, allow_python_layers=False):
+                per_class=False, allow_python_layers=False, max_memory=None, strict_data=False,
+                strict_weights=False):
     """Caffe's test(): mean of every output over `iterations` batches; mAP for detection outputs.
     Returns {output name: mean values or (mAP, {label: AP})}."""
-    ctx = NetContext(phase=caffe_pb2.TEST, allow_python_layers=allow_python_layers)
+    ctx = NetContext(phase=caffe_pb2.TEST, allow_python_layers=allow_python_layers, max_memory=max_memory,
+                     strict_data=strict_data)
     net = Net(model, phase="TEST", stages=stages, level=level, ctx=ctx)
     net.to(device)
-    net.load_weights(weights)
+    net.load_weights(weights, strict=strict_weights)
     net.eval()
     log.info("Running for %d iterations.", iterations)
     detection_outputs = set()
