@@ -30,7 +30,8 @@ def _clean_parse_message(msg, line, col, line_text):
                 break
     if "surrogates not allowed" in msg:
         msg = "a string value that is not UTF-8"
-    # bytes that were not UTF-8 stay printable as escapes
+    # bytes that were not UTF-8 (kept as surrogates) are shown as the bytes they were: \xff
+    msg = re.sub("[\udc80-\udcff]", lambda m: f"\\x{ord(m.group()) - 0xdc00:02x}", msg)
     return " ".join(msg.encode("utf-8", "backslashreplace").decode("utf-8").split())
 
 
