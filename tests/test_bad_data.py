@@ -216,6 +216,39 @@ def test_detect_goes_on_past_an_unreadable_image(tmp_path):
                    f"{images / 'b.png'}: not an image OpenCV can read"
 
 
+def _png(width, height):
+    import cv2
+
+    return cv2.imencode(".png", np.full((height, width, 3), 7, np.uint8))[1].tobytes()
+
+
+def test_images_claiming_more_than_their_bytes_hold_are_refused_before_decoding(tmp_path):
+    """OpenCV allocates what a header or a PNG chunk claims before reading: 3.6 GB and 5 s for 91 bytes."""
+    import resource
+    import time
+
+    from protonet.data.image_header import claimed_size, implausible_size
+    from protonet.data.records import CorruptRecord, imdecode, read_image_file
+
+    good = _png(40, 30)
+    assert claimed_size(good) == (40, 30) and implausible_size(good) is None
+    jpeg = (FIXTURES / "data/lmdb/Dataset/Images/1.jpg").read_bytes()
+    assert claimed_size(jpeg) == (500, 500) and implausible_size(jpeg) is None
+    chunk = good[:33] + (3_500_000_000).to_bytes(4, "big") + good[37:]  # the IDAT length
+    huge = good[:16] + (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big") + good[24:]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.monotonic()
+    for bad, why in ((chunk, "chunk claims 3500000000 bytes"), (huge, "claims 60000x60000 pixels")):
+        assert why in implausible_size(bad)
+        with pytest.raises(CorruptRecord, match="record k: image data does not decode"):
+            imdecode(bad, None, "record k")
+        path = tmp_path / "bad.png"
+        path.write_bytes(bad)
+        assert read_image_file(str(path)) is None
+    assert time.monotonic() - start < 2
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 < 200 << 20
+
+
 # ------------------------------------------------------------------------------ untrusted files stay data
 
 def test_nothing_is_unpickled():

@@ -117,6 +117,9 @@ BAD_NETS = [
                            'python_param { module: "os" layer: "system" } }'), "--allow-python-layers"),
     ("propagate_down", layer('layer { name: "u" type: "ReLU" bottom: "conv1" top: "u" propagate_down: true '
                              'propagate_down: false }'), "propagate_down"),
+    ("inputs_without_shapes", b'input: "a" input: "b" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n',
+     "2 inputs but 1 input_shape"),
+    ("input_dims_short", b'input: "a" input_dim: 1 input_dim: 3 input_dim: 8\n', "1 inputs but 3 input_dim values"),
     ("mvn_eps_nan", layer('layer { name: "m" type: "MVN" bottom: "conv1" top: "m" mvn_param { eps: nan } }'),
      "eps nan"),
 ]

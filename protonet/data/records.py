@@ -14,6 +14,7 @@ import lmdb
 import numpy as np
 
 from protonet import caffe_pb2
+from protonet.data.image_header import implausible_size
 from protonet.errors import ProtonetError
 
 log = logging.getLogger("protonet.data")
@@ -107,6 +108,9 @@ def imdecode(data, color_mode, what):
     """Decode image bytes like Caffe: color_mode None = native (-1), True = color, False = gray."""
     flag = cv2.IMREAD_UNCHANGED if color_mode is None else (
         cv2.IMREAD_COLOR if color_mode else cv2.IMREAD_GRAYSCALE)
+    implausible = implausible_size(data)
+    if implausible:
+        raise CorruptRecord(f"{what}: image data does not decode ({implausible})")
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), flag) if len(data) else None
     except cv2.error:
@@ -119,13 +123,19 @@ def imdecode(data, color_mode, what):
 
 
 def read_image_file(path, flag=cv2.IMREAD_COLOR):
-    """cv2.imread, with None for anything it cannot read (a directory, a name OpenCV rejects, an
-    image over its pixel limit) instead of an exception."""
-    if not os.path.isfile(path):
+    """cv2.imread (as cv2.imdecode of the file's bytes), with None for anything it cannot read (a
+    directory, a missing file, an image over OpenCV's pixel limit or whose header claims more pixels
+    than the file holds) instead of an exception."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, ValueError):
+        return None
+    if not data or implausible_size(data):  # a header claiming more pixels than the file can hold
         return None
     try:
-        img = cv2.imread(path, flag)
-    except (cv2.error, UnicodeError, ValueError, OverflowError):
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    except cv2.error:
         return None
     return None if img is None or img.size == 0 else img
 
