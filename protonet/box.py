@@ -99,13 +99,17 @@ def encode(boxes, priors, variances, code_type, variance_encoded_in_target=False
     raise ValueError(f"unknown code type {code_type}")
 
 
-def decode(deltas, priors, variances, code_type, variance_encoded_in_target=False):
-    """Boxes from regression outputs (Caffe's DecodeBBox, without clipping)."""
+def decode(deltas, priors, variances, code_type, variance_encoded_in_target=False, normalized=True):
+    """Boxes from regression outputs (Caffe's DecodeBBox, without clipping). normalized=False:
+    OpenCV's pixel priors, whose width and height count both end pixels (CENTER_SIZE)."""
     d = deltas if variance_encoded_in_target else variances * deltas
     if code_type == CORNER:
         return priors + d
     if code_type == CENTER_SIZE:
         pcx, pcy, pw, ph = _center_size(priors)
+        if not normalized:
+            pw, ph = pw + 1, ph + 1
+            pcx, pcy = priors[..., 0] + pw * 0.5, priors[..., 1] + ph * 0.5
         cx = d[..., 0] * pw + pcx
         cy = d[..., 1] * ph + pcy
         w = torch.exp(d[..., 2]) * pw
@@ -211,13 +215,14 @@ def nms_thresholds(nms_threshold, eta, n):
 
 
 def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1, box_rows=None, classes_last=False,
-        min_size=None):
+        min_size=None, normalized=True):
     """Caffe's ApplyNMSFast on many independent rows at once.
 
     boxes [R, P, 4], scores [R, P]; with box_rows [R], row r uses boxes[box_rows[r]] (rows that
     share boxes, as the classes of one image with share_location). classes_last: scores are
     [N, P, C] and row n * C + c holds scores[n, :, c] (no transposed copy). min_size: boxes
-    smaller than this are dropped after the top_k cut (the older ApplyNMS of hard mining). Per row: scores strictly above score_threshold, stable
+    smaller than this are dropped after the top_k cut (the older ApplyNMS of hard mining).
+    normalized=False: pixel boxes (OpenCV's normalized_bbox: false). Per row: scores strictly above score_threshold, stable
     descending sort, the first top_k, then greedy: a box is kept if its IoU with every kept box
     is <= the (eta-adapted) threshold. Returns (order [R, K] prior indices in sorted order,
     keep [R, K] bool), K = the most candidates any row has.
@@ -267,7 +272,7 @@ def nms(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1, box_ro
         over = torch.empty((g1 - g0, K, K), dtype=torch.bool if table is None else cand.dtype, device=device)
         for r0 in range(g0, g1, block):
             r1 = min(g1, r0 + block)
-            ov = iou(cand[r0:r1], cand[r0:r1])
+            ov = iou(cand[r0:r1], cand[r0:r1], normalized)
             over[r0 - g0:r1 - g0] = ov > thr if table is None else ov
         keep[g0:g1] = _greedy(over, valid[g0:g1], table)
     return order, keep

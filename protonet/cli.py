@@ -9,22 +9,33 @@ import sys
 
 import click
 
+from protonet import __version__
 from protonet.errors import ProtonetError
 
 # command name -> ("module:attribute" of its click.Command, the line `protonet --help` shows)
 COMMANDS = {
     "create-annoset": ("protonet.commands.data:create_annoset_command",
                        "Images + labels -> LMDB of AnnotatedDatum (convert_annoset)."),
+    "compute-image-mean": ("protonet.commands.data:compute_image_mean_command",
+                           "Mean image of a database (compute_image_mean)."),
+    "convert-imageset": ("protonet.commands.data:convert_imageset_command",
+                         "Images + labels -> LMDB of Datum (convert_imageset)."),
     "create-list": ("protonet.commands.data:create_list_command",
                     "List files for create-annoset; name/size files."),
     "detect": ("protonet.commands.detect:detect_command",
                "Run a detection net on images; drawn boxes, JSON lines."),
     "device-query": ("protonet.commands.caffe:device_query_command",
                      "Show the CUDA devices (caffe device_query)."),
+    "draw-net": ("protonet.commands.nets:draw_net_command",
+                 "Draw a net's layer graph (draw_net.py)."),
     "eval": ("protonet.commands.evaluate:eval_command",
              "VOC AP per class and mAP, or COCO's summary, of a test net."),
+    "examples": ("protonet.commands.examples:examples_command",
+                 "The bundled NetSpec examples and data scripts; --copy."),
+    "extract-features": ("protonet.commands.nets:extract_features_command",
+                         "Save blobs of a net per image (extract_features)."),
     "gen": ("protonet.commands.gen:gen_command",
-            "Run a NetSpec script: prototxts and the job script."),
+            "Run a NetSpec script or bundled example: prototxts, job."),
     "inspect": ("protonet.commands.files:inspect_command",
                 "Print what a Caffe file holds (net, caffemodel, ...)."),
     "make-shapes": ("protonet.commands.data:make_shapes_command",
@@ -53,6 +64,7 @@ class LazyGroup(click.Group):
         return sorted(COMMANDS)
 
     def get_command(self, ctx, name):
+        name = name.replace("_", "-")  # Caffe's spelling: `caffe device_query`
         if name not in COMMANDS:
             return None
         module_name, attr = COMMANDS[name][0].split(":")
@@ -64,6 +76,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="protonet")
 def cli():
     """protonet: Caffe's SSD/RefineDet nets, files and tools, on PyTorch."""
 

@@ -16,6 +16,7 @@ MAY_IMPORT = {
     "box": {"caffe_pb2", "errors"},
     "devices": {"errors"},
     "sizes": {"errors"},
+    "resources": {"errors"},
     "io": {"caffe_pb2", "errors"},
     "data": {"caffe_pb2", "errors", "sizes", "io"},
     "eval": {"caffe_pb2", "errors", "io", "box"},
@@ -24,11 +25,12 @@ MAY_IMPORT = {
     "solver": {"caffe_pb2", "errors", "sizes", "io", "box", "data", "eval", "layers", "net"},
     "spec": {"caffe_pb2", "errors", "io"},
     "compat": {"caffe_pb2", "errors", "io", "spec"},
-    "tools": {"caffe_pb2", "errors", "sizes", "io", "box", "devices", "data", "eval", "layers", "net", "solver", "spec"},
+    "tools": {"caffe_pb2", "errors", "sizes", "io", "box", "devices", "data", "eval", "layers", "net", "solver",
+              "spec", "resources"},
     "protonet": {"caffe_pb2", "errors", "spec", "net"},
     "commands": {"caffe_pb2", "errors", "sizes", "io", "box", "devices", "data", "eval", "layers", "net", "solver",
-                 "spec", "compat", "tools"},
-    "cli": {"errors", "commands"},
+                 "spec", "compat", "tools", "resources"},
+    "cli": {"errors", "commands", "protonet"},
     "__main__": {"cli"},
 }
 

@@ -112,7 +112,6 @@ BAD_NETS = [
     ("unknown_bottom", layer('layer { name: "u" type: "ReLU" bottom: "nope" top: "u" }'), "unknown bottom blob"),
     ("two_producers", layer('layer { name: "u" type: "ReLU" bottom: "data" top: "conv1" }'),
      "produced by more than one layer"),
-    ("same_name", layer('layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "x" }'), "same name"),
     ("python_layer", layer('layer { name: "py" type: "Python" bottom: "conv1" top: "py" '
                            'python_param { module: "os" layer: "system" } }'), "--allow-python-layers"),
     ("propagate_down", layer('layer { name: "u" type: "ReLU" bottom: "conv1" top: "u" propagate_down: true '
@@ -344,7 +343,7 @@ def _cases():
     for name, data, text in NAME_SIZES:
         f = {f"eval/ns-{name}.txt": data, f"eval/ns-{name}.prototxt": _eval_net(f"eval/ns-{name}.txt")}
         cases.append((f"name-size-eval-{name}", f, ["eval", "--model", f"eval/ns-{name}.prototxt"], 2, text))
-    cases += _data_cases() + _flag_cases()
+    cases += _data_cases() + _tool_cases() + _flag_cases()
     return cases
 
 
@@ -385,6 +384,30 @@ def _data_cases():
                                                                 b'label: 1 }'},
              ["eval", "--model", "eval/map_test.prototxt", "--iterations", "1", "--labelmap",
               "labelmaps/short.prototxt"], 2, "no item for label 2")]
+
+
+def _tool_cases():
+    """The commands added beside Caffe's tools: convert-imageset, compute-image-mean, draw-net, parse-log,
+    plot-log, upgrade, extract-features."""
+    files = {"tools/nonutf.txt": b"Images/1.jpg 0\nImages/\xff.jpg 1\n", "tools/biglabel.txt": b"Images/1.jpg 99999999999\n",
+             "tools/broken.txt": b"broken.jpg 0\nImages/1.jpg 1\n", "tools/garbage.log": bytes(range(256)) * 8,
+             "tools/text.log": b"I1201 this is not a training log\n"}
+    convert = ["convert-imageset", "."]
+    return [("convert-nonutf", files, convert + ["tools/nonutf.txt", "db/ci1"], 2, "tools/nonutf.txt:2: not UTF-8"),
+            ("convert-biglabel", files, convert + ["tools/biglabel.txt", "db/ci2"], 2, "does not fit in a 32-bit"),
+            ("convert-broken-image", files, convert + ["tools/broken.txt", "db/ci3"], 2, "could not be read"),
+            ("convert-no-root", files, ["convert-imageset", "nope", "tools/broken.txt", "db/ci4"], 2, "nope"),
+            ("mean-not-lmdb", files, ["compute-image-mean", "Images"], 2, "LMDB"),
+            ("mean-corrupt", files, ["compute-image-mean", "lmdb_corrupt"], 2, "does not parse"),
+            ("mean-missing", files, ["compute-image-mean", "nope"], 2, "no such LMDB"),
+            ("draw-binary", files, ["draw-net", "tools/garbage.log", "tools/out.dot"], 2, "binary"),
+            ("draw-missing", files, ["draw-net", "nope.prototxt", "tools/out.dot"], 2, "nope.prototxt"),
+            ("parse-log-garbage", files, ["parse-log", "tools/garbage.log", "tools/parsed"], 2, "not a training log"),
+            ("parse-log-text", files, ["parse-log", "tools/text.log", "tools/parsed"], 2, "not a training log"),
+            ("plot-log-garbage", files, ["plot-log", "tools/garbage.log", "tools/plot.png"], 2, "not a training log"),
+            ("upgrade-garbage", files, ["upgrade", "tools/garbage.log", "tools/up.prototxt"], 2, "neither"),
+            ("features-bad-net", files, ["extract-features", "good.caffemodel", "nets/num_output_int32.prototxt",
+                                         "conv1", "tools/feat", "1"], 2, "num_output 2147483648")]
 
 
 def _flag_cases():
@@ -476,7 +499,7 @@ def test_the_corpus_is_large():
 
 @pytest.mark.parametrize("case_id, files, argv, code, text", CORPUS, ids=[c[0] for c in CORPUS])
 def test_bad_input_gives_one_clear_line(workspace, case_id, files, argv, code, text):
-    run = protonet(argv, workspace, in_process=not case_id.startswith("data-"))
+    run = protonet(argv, workspace, in_process=not case_id.startswith(("data-", "mean-")))
     output = run.stdout + run.stderr
     assert "Traceback" not in output, output
     assert run.returncode == code, output

@@ -1,6 +1,7 @@
 """`protonet create-annoset` against the databases written by the fork's convert_annoset."""
 import hashlib
 import json
+import os
 import shutil
 
 import cv2
@@ -164,3 +165,27 @@ def test_classification_raw_and_min_dim(fixtures, tmp_path):
                      fx=0.2, fy=0.2)
     assert np.frombuffer(d.data, np.uint8).reshape(100, 100).tolist() == ref.tolist()
     assert not ad.HasField("type")
+
+
+def test_an_interrupted_run_leaves_no_database_under_the_final_name(fixtures, tmp_path, monkeypatch):
+    import protonet.tools.create_annoset as module
+
+    root = fixtures / "data/lmdb/Dataset"
+    (tmp_path / "cls.txt").write_text("Images/1.jpg 3\nImages/1.jpg 4\n")
+    os.mkdir(tmp_path / ".tmp-db.0123abcd")  # what a kill -9 of an earlier run left
+    real = module.image_to_datum
+    calls = []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(module, "image_to_datum", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        create_annoset(str(root), str(tmp_path / "cls.txt"), str(tmp_path / "db"), progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["cls.txt"]
+    monkeypatch.setattr(module, "image_to_datum", real)
+    assert create_annoset(str(root), str(tmp_path / "cls.txt"), str(tmp_path / "db"), progress=False)[0] == 2
+    assert sorted(os.listdir(tmp_path)) == ["cls.txt", "db"]

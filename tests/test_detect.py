@@ -117,6 +117,18 @@ def test_threshold_and_options_override_the_comment(tiny_model, tmp_path):
     assert "mean_value: 0" in run.stdout and "scale: 0.5" in run.stdout
 
 
+def test_a_killed_runs_temporaries_are_removed(tiny_model, tmp_path):
+    root, weights, images = tiny_model
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [".tmp-detections.jsonl.0123abcd", ".tmp-img1.png.89abcdef"]
+    for name in stale + [".tmp-notes.txt.0123abcd"]:
+        (out / name).write_text("half")
+    run = _protonet("detect", "--model", DEPLOY, "--weights", weights, str(images / "img1.png"), "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert sorted(os.listdir(out)) == [".tmp-notes.txt.0123abcd", "detections.jsonl", "img1.png"]
+
+
 def test_transform_sources(tmp_path):
     net = caffe_pb2.NetParameter()
     # 1. the comment line of the quickstart's deploy.prototxt

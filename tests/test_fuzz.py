@@ -261,11 +261,13 @@ def read_csv_list(path):
 
 
 def read_lists(path):
+    from protonet.tools.convert_imageset import read_image_list
     from protonet.tools.create_annoset import read_list, read_txt
     from protonet.tools.create_list import read_pairs
 
     for call in (lambda: read_list(path, "classification", "xml"), lambda: read_list(path, "detection", "xml"),
-                 lambda: read_pairs(path), lambda: read_txt(path, (100, 200), caffe_pb2.AnnotatedDatum())):
+                 lambda: read_pairs(path), lambda: read_txt(path, (100, 200), caffe_pb2.AnnotatedDatum()),
+                 lambda: read_image_list(path)):
         try:
             call()
         except ProtonetError:

@@ -39,6 +39,8 @@ CASES = [
     ("spp", 'type: "SPP" spp_param { pyramid_height: 2 pool: AVE }', [(1, 2, 5, 4)], {}, TEST, None),
     ("batchnorm_train", 'type: "BatchNorm"', [(3, 2, 2)], {}, TRAIN, None),
     ("batchnorm_test", 'type: "BatchNorm"', [(3, 2, 2)], {}, TEST, None),
+    ("batchnorm_scale_bias", 'type: "BatchNorm" batch_norm_param { scale_filler { type: "gaussian" } '
+     'bias_filler { type: "gaussian" } }', [(3, 2, 2)], {}, TRAIN, None),
     ("scale", 'type: "Scale" scale_param { bias_term: true filler { type: "gaussian" } bias_filler { type: "gaussian" } }',
      [(2, 3, 2)], {}, TEST, None),
     ("scale_two_bottoms", 'type: "Scale" scale_param { axis: 0 }', [(2, 3, 2), (2, 3)], {}, TEST, None),
@@ -78,6 +80,23 @@ CASES = [
     ("hinge_l2", 'type: "HingeLoss" hinge_loss_param { norm: L2 }', [(2, 3), (2,)], {1: label(1, 2)}, TRAIN, None),
     ("multinomial", 'type: "MultinomialLogisticLoss"', [(2, 3), (2,)], {1: label(1, 2)}, TRAIN,
      lambda x: 0.1 + x.abs()),
+    # other forks' types and fields
+    ("relu6", 'type: "ReLU6" relu6_param { negative_slope: 0.1 }', [(2, 5)], {}, TEST, lambda x: 4 * x),
+    ("relu_relu6", 'type: "ReLU" relu_param { relu6: true }', [(2, 5)], {}, TEST, lambda x: 4 * x),
+    ("conv_depthwise", f'type: "ConvolutionDepthwise" convolution_param {{ kernel_size: 3 pad: 1 stride: 2 {G} }}',
+     [(1, 3, 4, 4)], {}, TEST, None),
+    ("conv_depthwise_grouped", f'type: "DepthwiseConvolution" convolution_param {{ num_output: 3 group: 3 '
+     f'kernel_size: 3 {G} }}', [(1, 3, 4, 4)], {}, TEST, None),
+    ("conv_tf_pads", f'type: "Convolution" convolution_param {{ num_output: 2 kernel_size: 3 pad_t: 1 pad_r: 1 {G} }}',
+     [(1, 2, 4, 4)], {}, TEST, None),
+    ("pool_ave_tf_pads", 'type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad_b: 1 pad_l: 1 }',
+     [(1, 2, 5, 6)], {}, TEST, None),
+    ("shuffle_channel", 'type: "ShuffleChannel" shuffle_channel_param { group: 2 }', [(2, 4, 2, 1)], {}, TEST, None),
+    ("axpy", 'type: "Axpy"', [(2, 3, 1, 1), (2, 3, 2, 2), (2, 3, 2, 2)], {}, TEST, None),
+    ("upsample", 'type: "Upsample" upsample_param { scale: 2 }', [(1, 2, 2, 3)], {}, TEST, None),
+    ("interp", 'type: "Interp" interp_param { zoom_factor: 2 pad_beg: -1 }', [(1, 2, 4, 3)], {}, TEST, None),
+    ("concat_per_fla_fuse", 'type: "Concat" concat_param { per_fla_fuse: true }', [(2, 2, 2, 1), (2, 3, 1, 2)], {},
+     TEST, None),
 ]
 
 

@@ -44,7 +44,7 @@ def randomize(net, image, seed):
         for name, layer in net.layers.items():
             kind = layer.param.type
             blobs = layer.blobs
-            if kind in ("Convolution", "Deconvolution", "InnerProduct"):
+            if kind in ("Convolution", "Deconvolution", "InnerProduct", "DepthwiseConvolution", "ConvolutionDepthwise"):
                 w = blobs[0]
                 # A deconvolution with kernel == stride feeds each output from one tap per input channel.
                 fan_in = w.shape[0] if kind == "Deconvolution" else w[0].numel()

@@ -1,14 +1,18 @@
 """`protonet train | test | time | device-query`: the `caffe` tool's commands with its flags."""
 import os
+import signal
+import sys
 
 import click
 import torch
 
-from protonet.commands.options import caffe_option, glog_output, net_checks, stage_list
+from protonet.commands.options import CaffeCommand, caffe_option, glog_output, net_checks, stage_list
+from protonet import caffe_pb2
 from protonet.devices import parse_gpus
 from protonet.errors import ProtonetError
+from protonet.layers.base import NetContext
 from protonet.solver.logger import get_logger
-from protonet.solver.launch import TrainJob, run_job, run_under_torchrun, spawn_training
+from protonet.solver.launch import TrainJob, exit_status, run_job, run_under_torchrun, spawn_training
 from protonet.solver.solver import RunOptions, read_solver
 from protonet.tools.score import score_model
 from protonet.tools.timing import time_model
@@ -26,7 +30,7 @@ def torchrun_environment():
 
 # ---------------------------------------------------------------------- train
 
-@click.command("train")
+@click.command("train", cls=CaffeCommand)
 @caffe_option("solver", required=True, help="The solver definition protocol buffer text file.")
 @caffe_option("weights", default="", help="Pretrained weights to finetune from, separated by ','.")
 @caffe_option("snapshot", default="", help="A .solverstate to resume training from.")
@@ -36,6 +40,11 @@ def torchrun_environment():
               help="Action on SIGINT: snapshot, stop or none.")
 @caffe_option("sighup_effect", default="snapshot", type=click.Choice(["stop", "snapshot", "none"]),
               help="Action on SIGHUP: snapshot, stop or none.")
+@caffe_option("sigterm_effect", default="stop", type=click.Choice(["stop", "snapshot", "none"]),
+              help="Action on SIGTERM (what schedulers send before a kill): stop (with the final snapshot), "
+                   "snapshot or none.")
+@caffe_option("resume", is_flag=True, default=False,
+              help="Resume from the newest complete snapshot pair of the solver's prefix (none: start afresh).")
 @caffe_option("level", type=int, default=0, help="Net state level.")
 @caffe_option("stage", default="", help="Net state stages, separated by ','.")
 @caffe_option("amp", type=click.Choice(["bf16", "fp16"]), default=None,
@@ -49,33 +58,44 @@ def torchrun_environment():
 @caffe_option("allow_python_layers", is_flag=True, default=False,
               help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @caffe_option("log", "log_file", default=None, help="Also append the log to this file.")
+@caffe_option("tensorboard", default=None, metavar="DIR",
+              help="Also write the losses, lr, test outputs (mAP) and images/s as TensorBoard scalars to DIR.")
 @net_checks()
-def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, level, stage,
-                  amp, channels_last, workers, data_shuffle, reencode_jpeg, allow_python_layers, log_file, checks):
-    """Train or finetune a model (caffe train)."""
+def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, sigterm_effect, resume,
+                  level, stage, amp, channels_last, workers, data_shuffle, reencode_jpeg, allow_python_layers,
+                  log_file, tensorboard, checks):
+    """Train or finetune a model (caffe train). A signal that stops it before max_iter ends it with
+    exit status 128 + the signal's number (SIGINT 130, SIGTERM 143)."""
     if snapshot and weights:
         raise ProtonetError("give --snapshot to resume training or --weights to finetune, not both")
+    if snapshot and resume:
+        raise ProtonetError("give --snapshot to resume from a given state or --resume for the newest, not both")
     param = read_solver(solver)
     if not gpu and param.solver_mode == param.GPU and torch.cuda.is_available():
         gpu = str(param.device_id)
     gpus = parse_gpus(gpu)
     options = RunOptions(device=f"cuda:{gpus[0]}" if gpus else "cpu", stages=stage_list(stage), level=level,
                          amp=amp, channels_last=channels_last, data_workers=workers, data_shuffle=data_shuffle,
-                         reencode_jpeg=reencode_jpeg, allow_python_layers=allow_python_layers, **checks)
+                         reencode_jpeg=reencode_jpeg, allow_python_layers=allow_python_layers,
+                         progress_bars=sys.stderr.isatty(), tensorboard_dir=tensorboard, **checks)
     job = TrainJob(solver=solver, options=options, weights=weights or None, snapshot=snapshot or None,
-                   sigint_effect=sigint_effect, sighup_effect=sighup_effect, max_iter=iterations,
-                   log_to_stderr=True, log_path=log_file)
+                   sigint_effect=sigint_effect, sighup_effect=sighup_effect, sigterm_effect=sigterm_effect,
+                   resume=resume, max_iter=iterations, log_to_stderr=True, log_path=log_file)
     torchrun = torchrun_environment()
     if torchrun is not None:
-        run_under_torchrun(job, *torchrun)
+        status = exit_status(run_under_torchrun(job, *torchrun))
     elif len(gpus) > 1:
         with glog_output(log_file):
             log.info("Using GPUs %s", ", ".join(str(g) for g in gpus))
             for g in gpus:
                 log.info("GPU %d: %s", g, torch.cuda.get_device_name(g))
-        spawn_training(job, [f"cuda:{g}" for g in gpus])
+        status = spawn_training(job, [f"cuda:{g}" for g in gpus])
     else:
-        _train_here(job, param, gpus, log_file)
+        status = _train_here(job, param, gpus, log_file)
+    if status:
+        with glog_output(log_file):
+            log.info("Stopped by %s before max_iter: exit status %d", signal.Signals(status - 128).name, status)
+        raise SystemExit(status)
 
 
 def _train_here(job, param, gpus, log_file):
@@ -93,6 +113,7 @@ def _train_here(job, param, gpus, log_file):
     with glog_output(log_file):
         if not solver_obj.requested_early_exit:
             log.info("Optimization Done.")
+    return exit_status(solver_obj)
 
 
 # ---------------------------------------------------------------------- test
@@ -109,7 +130,7 @@ def _device(gpu):
     return torch.device("cpu")
 
 
-@click.command("test")
+@click.command("test", cls=CaffeCommand)
 @caffe_option("model", required=True, help="The model definition protocol buffer text file.")
 @caffe_option("weights", required=True, help="The trained weights, separated by ','.")
 @caffe_option("iterations", type=int, default=50, help="The number of batches to run.")
@@ -119,21 +140,28 @@ def _device(gpu):
 @caffe_option("ap_version", default="11point", type=click.Choice(["11point", "MaxIntegral", "Integral"]),
               help="AP computation for DetectionEvaluate outputs.")
 @caffe_option("show_per_class_result", is_flag=True, default=False, help="Print the AP of every class.")
+@caffe_option("data_shuffle", is_flag=True, default=False, help="Shuffle the data layers' records.")
+@caffe_option("reencode_jpeg", is_flag=True, default=False,
+              help="Caffe's JPEG round trips in AnnotatedData (bit-parity with Caffe).")
 @caffe_option("allow_python_layers", is_flag=True, default=False,
               help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @caffe_option("log", "log_file", default=None, help="Also append the log to this file.")
 @net_checks()
 def test_command(model, weights, iterations, gpu, level, stage, ap_version, show_per_class_result,
-                 allow_python_layers, log_file, checks):
+                 data_shuffle, reencode_jpeg, allow_python_layers, log_file, checks):
     """Score a model (caffe test); nets ending in DetectionEvaluate print their mAP."""
     with glog_output(log_file):
+        ctx = NetContext(phase=caffe_pb2.TEST, data_shuffle=data_shuffle, reencode_jpeg=reencode_jpeg,
+                         allow_python_layers=allow_python_layers, max_memory=checks["max_memory"],
+                         strict_data=checks["strict_data"])
         score_model(model, weights, iterations, _device(gpu), level, stage_list(stage), ap_version,
-                    show_per_class_result, allow_python_layers, **checks)
+                    show_per_class_result, ctx, progress_bar=sys.stderr.isatty(),
+                    strict_weights=checks["strict_weights"])
 
 
 # ---------------------------------------------------------------------- time
 
-@click.command("time")
+@click.command("time", cls=CaffeCommand)
 @caffe_option("model", required=True, help="The model definition protocol buffer text file.")
 @caffe_option("iterations", type=int, default=50, help="The number of iterations to time.")
 @caffe_option("gpu", default="", help="The GPU id to run on.")
@@ -156,7 +184,7 @@ def time_command(model, iterations, gpu, phase, level, stage, weights, amp, chan
 
 # ---------------------------------------------------------------------- device query
 
-@click.command("device-query")
+@click.command("device-query", cls=CaffeCommand)
 @caffe_option("gpu", default="all", help="GPU ids separated by ',' or 'all'.")
 def device_query_command(gpu):
     """Show diagnostic information for CUDA devices (caffe device_query)."""

@@ -1,26 +1,21 @@
-"""Dataset commands: `create-annoset` (Caffe's convert_annoset), `create-list`, `make-shapes`."""
+"""Dataset commands: `create-annoset` (Caffe's convert_annoset), `convert-imageset`,
+`compute-image-mean`, `create-list`, `make-shapes`."""
 import logging
-import sys
 
 import click
 
+from protonet.commands.options import CaffeCommand, caffe_option, glog_output, progress_bar
 from protonet.errors import ProtonetError
 from protonet.tools.create_annoset import create_annoset, link_into
+from protonet.tools.convert_imageset import convert_imageset
 from protonet.tools.create_list import write_coco_list, write_name_size, write_voc_lists
+from protonet.tools.image_mean import compute_image_mean
 from protonet.tools.shapes import CLASSES, make_shapes
-
-
-def progress_bar(label):
-    """A progress(iterable) wrapper that shows a bar on stderr while the iterable is consumed."""
-    def progress(items):
-        with click.progressbar(items, label=label, file=sys.stderr, show_pos=True) as bar:
-            yield from bar
-    return progress
 
 
 # ---------------------------------------------------------------------- create-annoset
 
-@click.command("create-annoset")
+@click.command("create-annoset", cls=CaffeCommand)
 @click.argument("root", type=click.Path())
 @click.argument("listfile", type=click.Path())
 @click.argument("outdb", type=click.Path())
@@ -65,6 +60,52 @@ def create_annoset_command(root, listfile, outdb, exampledir, anno_type, label_t
     if skipped:
         raise ProtonetError(f"{len(skipped)} images could not be read: " + "; ".join(skipped[:5])
                             + (" ..." if len(skipped) > 5 else ""))
+
+
+# ---------------------------------------------------------------------- convert-imageset
+
+@click.command("convert-imageset", cls=CaffeCommand)
+@click.argument("root", type=click.Path())
+@click.argument("listfile", type=click.Path())
+@click.argument("db", type=click.Path())
+@caffe_option("gray", is_flag=True, help="Read the images as grayscale.")
+@caffe_option("shuffle", is_flag=True, help="Shuffle the list before writing.")
+@caffe_option("seed", type=int, default=None, help="Seed for --shuffle.")
+@caffe_option("backend", default="lmdb", type=click.Choice(["lmdb", "leveldb"]), show_default=True)
+@caffe_option("resize_width", type=int, default=0, help="Width the images are resized to.")
+@caffe_option("resize_height", type=int, default=0, help="Height the images are resized to.")
+@caffe_option("check_size", is_flag=True, help="Check that all the images have the same size.")
+@caffe_option("encoded", is_flag=True, help="Store the images encoded (their file's bytes when possible).")
+@caffe_option("encode_type", default="", help="Encode the images as png, jpg, ... (implies --encoded).")
+@caffe_option("redo", is_flag=True, help="Recreate the database if it exists.")
+def convert_imageset_command(root, listfile, db, gray, shuffle, seed, backend, resize_width, resize_height,
+                             check_size, encoded, encode_type, redo):
+    """Convert the images listed in LISTFILE ('path label' lines, paths relative to ROOT) into an LMDB
+    of Datum at DB, as Caffe's convert_imageset: the database a Data layer reads."""
+    with glog_output():
+        written, skipped = convert_imageset(root, listfile, db, resize_height, resize_width, gray, shuffle, seed,
+                                            encoded, encode_type, check_size, backend, redo,
+                                            progress=progress_bar("convert-imageset"))
+    click.echo(f"wrote {written} records to {db}", err=True)
+    if skipped:
+        raise ProtonetError(f"{len(skipped)} images could not be read: " + "; ".join(skipped[:5])
+                            + (" ..." if len(skipped) > 5 else ""))
+
+
+# ---------------------------------------------------------------------- compute-image-mean
+
+@click.command("compute-image-mean", cls=CaffeCommand)
+@click.argument("db", type=click.Path())
+@click.argument("output", type=click.Path(), required=False)
+@caffe_option("backend", default="lmdb", type=click.Choice(["lmdb", "leveldb"]), show_default=True)
+def compute_image_mean_command(db, output, backend):
+    """The mean image of DB's records (Datum, or AnnotatedDatum) written as a BlobProto to OUTPUT
+    (a .binaryproto for transform_param's mean_file), as Caffe's compute_image_mean; the
+    per-channel means are logged."""
+    if backend != "lmdb":
+        raise ProtonetError(f"--backend {backend}: only lmdb is supported")
+    with glog_output():
+        compute_image_mean(db, output, progress=progress_bar("compute-image-mean"))
 
 
 # ---------------------------------------------------------------------- create-list

@@ -6,6 +6,7 @@ import click
 from protonet.commands.options import net_checks
 from protonet.errors import ProtonetError
 from protonet.io.describe import describe, load_any, shape_text, table, upgrade_loaded
+from protonet.io.dialects import dialect_report
 from protonet.io.prototxt import atomic_write, format_prototxt
 
 
@@ -44,7 +45,18 @@ def inspect_command(file, shapes, phase, checks):
             raise ProtonetError(f"{file}: --shapes needs a net prototxt, this is a {kind} file")
         click.echo("\n".join(_describe_shapes(msg, file, phase, **checks)))
         return
-    click.echo("\n".join(describe(kind, msg, file)))
+    lines = describe(kind, msg, file)
+    if kind in ("net", "caffemodel"):
+        lines += _dialect_lines(msg)
+    click.echo("\n".join(lines))
+
+
+def _dialect_lines(net_param):
+    """Which dialects the net uses and which of its layers protonet cannot run."""
+    from protonet.layers import LAYERS  # the layer registry imports torch: only for nets
+
+    type_dialects = {t: getattr(cls, "dialect", "") for t, cls in LAYERS.items()}
+    return dialect_report(net_param, type_dialects, set(LAYERS))
 
 
 @click.command("upgrade")

@@ -1,5 +1,5 @@
-"""`protonet gen SCRIPT`: run a NetSpec script (protonet's or Caffe's own) from Caffe's root and,
-with --run, start the job script it wrote."""
+"""`protonet gen SCRIPT`: run a NetSpec script (protonet's or Caffe's own, or a bundled example by
+name) from Caffe's root and, with --run, start the job script it wrote."""
 import os
 import subprocess
 import sys
@@ -8,6 +8,7 @@ import click
 
 from protonet.compat.run import run_script
 from protonet.errors import ProtonetError
+from protonet.resources import script_path
 
 
 def _start_jobs(session, echo):
@@ -27,7 +28,7 @@ def _start_jobs(session, echo):
 
 
 @click.command("gen")
-@click.argument("script", type=click.Path(dir_okay=False))
+@click.argument("script")
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="Caffe's root: the script runs from here and its relative paths start here "
                    "(default: the current directory).")
@@ -38,22 +39,25 @@ def _start_jobs(session, echo):
 def gen_command(script, root, run, flavor):
     """Run a NetSpec SCRIPT (a protonet example or an unchanged Caffe script) from Caffe's root:
     it writes train/test/deploy/solver prototxts and the job script. Missing data or weights are
-    warnings; --run starts the job."""
+    warnings; --run starts the job.
+
+    SCRIPT is a file, or the name of an example bundled with protonet (`ssd_pascal`,
+    `VGG16_VOC2007_320`, `refinedet/VGG16_COCO_512`, ...; `protonet examples` lists them)."""
 
     def echo(line):
         click.echo(line, err=True)
 
     # The script's own prints go where they went under Caffe; ours go to stderr.
-    result = run_script(script, root=root, flavor=flavor, echo=echo)
-    root = result.root
-    for path in result.missing:
+    session = run_script(script_path(script), root=root, flavor=flavor, echo=echo)
+    root = session.root
+    for path in session.missing:
         echo(f"protonet gen: warning: {path} does not exist (under {root}); "
              f"the job needs it before it can run")
-    for path in result.written:
+    for path in session.written:
         echo(f"protonet gen: wrote {os.path.relpath(path, root)}")
     if run:
-        _start_jobs(result, echo)
+        _start_jobs(session, echo)
     else:
-        pending = result.launches or [os.path.relpath(p, root) for p in result.job_scripts]
+        pending = session.launches or [os.path.relpath(p, root) for p in session.job_scripts]
         for command in pending:
             echo(f"protonet gen: job not started: {command} (use --run, or run it from {root})")

@@ -3,11 +3,13 @@ import os
 
 import click
 
+from protonet.commands.options import CaffeCommand
 from protonet.errors import ProtonetError
-from protonet.tools.log import parse_log, plot_png, plot_series, write_tables
+from protonet.tools.log import parse_log, write_tables
+from protonet.tools.plot import plot_png, plot_series
 
 
-@click.command("parse-log")
+@click.command("parse-log", cls=CaffeCommand)
 @click.argument("logfile_path")
 @click.argument("output_dir")
 @click.option("--delimiter", default=",", help="Column delimiter of the CSV files.")
@@ -20,7 +22,7 @@ def parse_log_command(logfile_path, output_dir, delimiter, verbose):
             click.echo(f"Wrote {name}")
 
 
-@click.command("plot-log")
+@click.command("plot-log", cls=CaffeCommand)
 @click.argument("logfile_path")
 @click.argument("png_path")
 @click.option("--title", default="", help="Title over the plots.")

@@ -27,6 +27,7 @@ import traceback
 
 from protonet.compat import caffe_modules
 from protonet.errors import ProtonetError
+from protonet.io.atomic import atomic_write
 from protonet.spec import jobs
 from protonet.spec.session import GenSession
 
@@ -132,8 +133,7 @@ def _rewrite_caffe_jobs(paths, echo):
         new_text = _CAFFE_TOOL.sub(r"\1protonet", text)
         if new_text != text:
             mode = os.stat(path).st_mode
-            with open(path, "w") as fh:
-                fh.write(new_text)
+            atomic_write(path, new_text)
             os.chmod(path, mode)
             rewritten.append(path)
             echo(f"protonet gen: {path}: calls `protonet` in place of Caffe's build/tools/caffe")

@@ -9,6 +9,7 @@ batches are the same whatever the number of workers, and a seed reproduces a run
 A corrupt record is skipped with a warning naming its key, and counted; the batch takes the
 next record of the stream instead.
 """
+import functools
 import itertools
 import logging
 import os
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from protonet.data.records import CorruptRecord, close_lmdb_handles, decode_record, skip_or_raise
+from protonet.data.workers import die_with_parent, leave_signals_to_parent
 from protonet.errors import ProtonetError
 
 log = logging.getLogger("protonet.data")
@@ -122,9 +124,12 @@ class BatchMaker(torch.utils.data.Dataset):
         return data, label, corrupt
 
 
-def _worker_init(_):
+def _worker_init(parent_pid, _):
     # OpenCV already runs single-threaded here: the parent set that before forking (see _start).
     torch.set_num_threads(1)
+    # signals are the parent's to act on; a worker ends with it, even after a kill -9
+    leave_signals_to_parent(parent_pid)
+    die_with_parent(parent_pid)
 
 
 def default_workers():
@@ -151,7 +156,7 @@ class Prefetcher:
             return
         close_lmdb_handles()
         kwargs.update(prefetch_factor=max(1, self.prefetch // self.workers + 1),
-                      persistent_workers=False, worker_init_fn=_worker_init,
+                      persistent_workers=False, worker_init_fn=functools.partial(_worker_init, os.getpid()),
                       multiprocessing_context="fork" if os.name == "posix" else None)
         # A forked child must not inherit OpenCV's thread pool: touching it there (even to shrink
         # it) waits forever on the parent's threads. Fork while OpenCV is single-threaded.

@@ -3,12 +3,14 @@
 A detection is (image name, label, score, [x, y, w, h]) in pixels, rounded to 1/100 as the fork
 rounds them; the files are byte-compatible with the fork's.
 """
+import contextlib
 import json
 import os
 
 import numpy as np
 
 from protonet.errors import ProtonetError
+from protonet.io.atomic import atomic_open
 
 FORMATS = ("VOC", "COCO", "ILSVRC")
 
@@ -39,22 +41,19 @@ def write_results(output_format, directory, prefix, detections, label_to_name, n
 def write_voc(directory, prefix, detections, label_to_name, num_classes, background, where):
     """One file per class: `image score xmin ymin xmax ymax` (integer pixels)."""
     files = {}
-    try:
+    with contextlib.ExitStack() as stack:  # every class file appears complete, or none changes
         for c in range(num_classes):
             if c == background:
                 continue
             name = label_to_name.get(c)
             if name is None:
                 raise ProtonetError(f"{where}: cannot find label {c} in the label map")
-            files[c] = open(voc_file(directory, prefix, name), "w")
+            files[c] = stack.enter_context(atomic_open(voc_file(directory, prefix, name), "w"))
         for image, label, score, (x, y, w, h) in detections:
             if label not in files:
                 continue
             xi, yi, wi, hi = int(x), int(y), int(w), int(h)
             files[label].write(f"{image} {score:g} {xi} {yi} {xi + wi} {yi + hi}\n")
-    finally:
-        for f in files.values():
-            f.close()
 
 
 def write_coco(path, detections, label_to_name):
@@ -65,14 +64,14 @@ def write_coco(path, detections, label_to_name):
         name = label_to_name[label]
         dets.append({"image_id": json_scalar(image), "category_id": json_scalar(name),
                      "bbox": [float(f32(v)) for v in bbox], "score": float(f32(score))})
-    with open(path, "w") as f:
+    with atomic_open(path, "w") as f:
         json.dump(dets, f, indent=4)
         f.write("\n")
 
 
 def write_ilsvrc(path, detections):
     """One file: `image label score xmin ymin xmax ymax` (integer pixels)."""
-    with open(path, "w") as f:
+    with atomic_open(path, "w") as f:
         for image, label, score, (x, y, w, h) in detections:
             xi, yi, wi, hi = int(x), int(y), int(w), int(h)
             f.write(f"{image} {label} {score:g} {xi} {yi} {xi + wi} {yi + hi}\n")

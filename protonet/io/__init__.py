@@ -1,7 +1,6 @@
 """Files in and out: prototxt, caffemodel, solverstate, label maps, upgrades of old files."""
+from protonet.io.atomic import atomic_open, atomic_write  # noqa: F401
 from protonet.io.prototxt import (  # noqa: F401
-    atomic_open,
-    atomic_write,
     format_prototxt,
     parse_prototxt,
     read_binary_proto,

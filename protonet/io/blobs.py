@@ -1,7 +1,9 @@
 """BlobProto <-> numpy, with the legacy num/channels/height/width shape.
 
 Blob data travels as raw little-endian bytes in the packed `data` field (BlobProto field 5),
-never as Python lists: VGG-sized nets hold 10^8 floats.
+never as Python lists: VGG-sized nets hold 10^8 floats. NVCaffe's raw storage (`raw_data_type`
+FLOAT16/FLOAT/DOUBLE with the values as bytes in `raw_data`, as in OpenCV's fp16 face detector)
+is read into float32 (DOUBLE into float64, like `double_data`).
 """
 import math
 
@@ -44,13 +46,49 @@ def varint(value):
             return bytes(out)
 
 
+# NVCaffe's Type enum -> the little-endian dtype of raw_data (INT, UINT, BOOL hold no weights)
+RAW_DTYPES = {caffe_pb2.FLOAT16: "<f2", caffe_pb2.FLOAT: "<f4", caffe_pb2.DOUBLE: "<f8"}
+
+
+def raw_dtype(type_value, what="raw_data"):
+    """The numpy dtype of NVCaffe raw data of Type `type_value`; ValueError for a type without weights."""
+    dtype = RAW_DTYPES.get(type_value)
+    if dtype is None:
+        name = caffe_pb2.Type.Name(type_value) if type_value in caffe_pb2.Type.values() else str(type_value)
+        raise BlobError(f"{what} of type {name}: only FLOAT16, FLOAT and DOUBLE blobs hold weights")
+    return np.dtype(dtype)
+
+
+def raw_values(data, type_value, what="raw_data"):
+    """NVCaffe raw bytes as a float32 array (float64 for DOUBLE)."""
+    dtype = raw_dtype(type_value, what)
+    if len(data) % dtype.itemsize:
+        raise BlobError(f"{what}: {len(data)} bytes is not a whole number of {dtype.itemsize}-byte values")
+    arr = np.frombuffer(data, dtype=dtype)
+    return arr.astype(np.float64 if dtype.itemsize == 8 else np.float32)
+
+
+def _values(blob, diff):
+    """(values, dtype) of the blob's data or diff, whichever field holds them."""
+    if diff:
+        if blob.HasField("raw_diff"):
+            return raw_values(blob.raw_diff, blob.raw_diff_type, "raw_diff"), None
+        return (blob.double_diff, np.float64) if len(blob.double_diff) else (blob.diff, np.float32)
+    if blob.HasField("raw_data"):
+        return raw_values(blob.raw_data, blob.raw_data_type), None
+    return (blob.double_data, np.float64) if len(blob.double_data) else (blob.data, np.float32)
+
+
 def blob_shape(blob):
     """The blob's shape; the legacy 4-D fields win over `shape`, as in Caffe's Blob::FromProto."""
     if any(blob.HasField(f) for f in _LEGACY_DIMS):
         return (blob.num, blob.channels, blob.height, blob.width)
     if blob.HasField("shape"):
         return tuple(int(d) for d in blob.shape.dim)
-    n = len(blob.data) or len(blob.double_data)
+    if blob.HasField("raw_data"):
+        n = len(blob.raw_data) // raw_dtype(blob.raw_data_type).itemsize
+    else:
+        n = len(blob.data) or len(blob.double_data)
     return (n,) if n else (0,)
 
 
@@ -66,19 +104,15 @@ def blob_fits_shape(blob, shape):
 
 
 def blob_to_array(blob, diff=False, shape=None):
-    """The blob's data (or diff) as a float32 array (float64 if stored as double) of its shape.
+    """The blob's data (or diff) as a float32 array (float64 if stored as double) of its shape;
+    NVCaffe raw data (FLOAT16, FLOAT, DOUBLE) likewise.
 
     With `shape`, the blob must fit it as Caffe's ShapeEquals decides (else ValueError) and the array
     takes that shape, as when Caffe copies trained weights into a net's blobs."""
     if shape is not None and not blob_fits_shape(blob, shape):
         raise BlobError(f"stored shape {list(blob_shape(blob))} does not fit {list(shape)}")
     shape = blob_shape(blob) if shape is None else tuple(int(d) for d in shape)
-    if diff:
-        values = blob.double_diff if len(blob.double_diff) else blob.diff
-        dtype = np.float64 if len(blob.double_diff) else np.float32
-    else:
-        values = blob.double_data if len(blob.double_data) else blob.data
-        dtype = np.float64 if len(blob.double_data) else np.float32
+    values, dtype = _values(blob, diff)
     need = shape_count(shape)
     if len(values) != need:
         raise BlobError(f"blob holds {len(values)} values but its shape {list(shape)} needs {need}")

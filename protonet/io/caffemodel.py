@@ -14,8 +14,10 @@ import numpy as np
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
-from protonet.io.blobs import BlobError, blob_field_pieces, blob_to_array, serialize_around, shape_count, varint
-from protonet.io.prototxt import atomic_open, describe_os_error, iter_wire, read_binary_proto, read_varint
+from protonet.io.atomic import atomic_open
+from protonet.io.blobs import (BlobError, blob_field_pieces, blob_to_array, raw_dtype, raw_values, serialize_around,
+                               shape_count, varint)
+from protonet.io.prototxt import describe_os_error, iter_wire, read_binary_proto, read_varint
 from protonet.io.upgrade import upgrade_net
 
 _NET_LAYER = 100  # NetParameter.layer, its last field
@@ -58,11 +60,12 @@ def _wire_dims(buf, offset, size):
 
 
 def _wire_blob(buf, start, size):
-    """A BlobProto's array straight from its bytes (legacy 4-D fields win over `shape`, as in Caffe).
-
-    The shape the blob claims is checked against the values it holds before anything is copied."""
+    """A BlobProto's array straight from its bytes (legacy 4-D fields win over `shape`, as in Caffe;
+    NVCaffe's raw_data over data and double_data, as in NVCaffe). The shape the blob claims is
+    checked against the values it holds before anything is copied."""
     legacy, dims = {}, []
     chunks = {"f": [], "d": []}
+    raw, raw_type = None, caffe_pb2.DOUBLE  # raw_data_type's proto2 default (the enum's first value)
     for number, wire, value in iter_wire(buf, start, start + size):
         if number in (1, 2, 3, 4) and wire == 0:
             legacy[number] = _signed64(value)
@@ -72,11 +75,14 @@ def _wire_blob(buf, start, size):
             chunks["f"].append(value)
         elif number == 8 and wire in (2, 1):  # double data
             chunks["d"].append(value)
-    kind, dtype = ("d", "<f8") if chunks["d"] else ("f", "<f4")
-    itemsize = np.dtype(dtype).itemsize
-    if any(n % itemsize for _, n in chunks[kind]):
-        raise ValueError("packed blob data of a length that is not a whole number of values")
-    held = sum(n for _, n in chunks[kind]) // itemsize
+        elif number == 10 and wire == 0:  # NVCaffe raw_data_type
+            raw_type = value
+        elif number == 12 and wire == 2:  # NVCaffe raw_data
+            raw = value
+    if raw is not None:
+        held = raw[1] // raw_dtype(raw_type).itemsize
+    else:
+        held = sum(n for _, n in chunks["d" if chunks["d"] else "f"]) // (8 if chunks["d"] else 4)
     if legacy:
         shape = tuple(legacy.get(i, 0) for i in (1, 2, 3, 4))
     elif dims:
@@ -86,9 +92,25 @@ def _wire_blob(buf, start, size):
     need = shape_count(shape)
     if held != need:
         raise BlobError(f"blob holds {held} values but its shape {list(shape)} needs {need}")
+    if raw is not None:
+        data = raw_values(memoryview(buf)[raw[0]:raw[0] + raw[1]], raw_type)
+        kind = "d" if data.dtype == np.float64 else "f"
+    else:
+        kind, data = _packed_values(buf, chunks)
+    if data.size != need:  # raw bytes or packed data that are not a whole number of values
+        raise BlobError(f"blob holds {data.size} values but its shape {list(shape)} needs {need}")
+    return data.astype(np.float64 if kind == "d" else np.float32, copy=False).reshape(shape)
+
+
+def _packed_values(buf, chunks):
+    """(kind, array) of the packed float ("f") or double ("d") chunks of a blob."""
+    kind, dtype = ("d", "<f8") if chunks["d"] else ("f", "<f4")
+    itemsize = np.dtype(dtype).itemsize
+    if any(n % itemsize for _, n in chunks[kind]):
+        raise ValueError("packed blob data of a length that is not a whole number of values")
     parts = [np.frombuffer(buf, dtype=dtype, count=n // itemsize, offset=off) for off, n in chunks[kind]]
     data = (np.concatenate(parts) if len(parts) != 1 else parts[0].copy()) if parts else np.zeros(0, dtype)
-    return data.astype(np.float64 if kind == "d" else np.float32, copy=False).reshape(shape)
+    return kind, data
 
 
 def _wire_layer(buf, start, size, name_field, blobs_field):
@@ -170,24 +192,30 @@ def read_caffemodel_arrays(path):
 def write_caffemodel(net_param, path, blobs=None):
     """Write `net_param` as a binary .caffemodel at `path`, atomically.
 
-    `blobs` (optional): layer name -> list of arrays or tensors. They replace the named layers' blobs
-    in the file and are streamed from memory without being copied into protobuf messages; this is the
-    fast path for saving a net (pass a NetParameter without blobs). Without `blobs` the message is
-    written as it is.
+    `blobs` (optional): layer name -> list of arrays or tensors, or a list with one entry (a list of
+    arrays, or None) per layer of `net_param` (layers may share a name, as Caffe allows). They
+    replace the layers' blobs in the file and are streamed from memory without being copied into
+    protobuf messages; this is the fast path for saving a net (pass a NetParameter without blobs).
+    Without `blobs` the message is written as it is.
     """
     if blobs is None:
         with atomic_open(path) as fh:
             fh.write(net_param.SerializeToString())
         return
-    names = {layer.name for layer in net_param.layer}
-    missing = [name for name in blobs if name not in names]
-    if missing:
-        raise ValueError(f"blobs given for layers not in the net: {', '.join(missing)}")
+    if isinstance(blobs, dict):
+        names = {layer.name for layer in net_param.layer}
+        missing = [name for name in blobs if name not in names]
+        if missing:
+            raise ValueError(f"blobs given for layers not in the net: {', '.join(missing)}")
+        per_layer = [blobs.get(layer.name) for layer in net_param.layer]
+    else:
+        per_layer = list(blobs)
+        if len(per_layer) != len(net_param.layer):
+            raise ValueError(f"blobs for {len(per_layer)} layers given, the net has {len(net_param.layer)}")
     with atomic_open(path) as fh:
         head, _ = serialize_around(net_param, _NET_LAYER)
         fh.write(head)
-        for layer in net_param.layer:
-            arrays = blobs.get(layer.name)
+        for layer, arrays in zip(net_param.layer, per_layer):
             if arrays is None:
                 body = layer.SerializeToString()
                 fh.write(_TAG_NET_LAYER + varint(len(body)) + body)

@@ -1,19 +1,17 @@
 """Text and binary protobuf files with errors that name the place."""
-import contextlib
 import mmap
 import os
 import re
-import tempfile
 
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError, PrototxtError
+from protonet.io.atomic import atomic_write
+from protonet.io.foreign import foreign_field
 from protonet.io.upgrade import upgrade_net, upgrade_solver
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 # bytes below 32 other than \t \n \v \f \r: never in a text proto, always early in a binary one
 _CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0e-\x1f]")
 
@@ -33,6 +31,16 @@ def _clean_parse_message(msg, line, col, line_text):
     # bytes that were not UTF-8 (kept as surrogates) are shown as the bytes they were: \xff
     msg = re.sub("[\udc80-\udcff]", lambda m: f"\\x{ord(m.group()) - 0xdc00:02x}", msg)
     return " ".join(msg.encode("utf-8", "backslashreplace").decode("utf-8").split())
+
+
+_NO_FIELD = re.compile(r'Message type "caffe\.(\w+)" has no field named "(\w+)"')
+
+
+def _with_fork(msg):
+    """An unknown field's message, saying which fork has that field when one does."""
+    m = _NO_FIELD.search(msg)
+    fork = m and foreign_field(m.group(1), m.group(2))
+    return f"{msg.rstrip('.')} (a field of {fork}, which protonet does not run)" if fork else msg
 
 
 # Nesting deeper than any Caffe message (NetParameter > LayerParameter > ... is under 10 levels):
@@ -60,7 +68,7 @@ def _merge(lines, message, filename, known_lines):
         text_format.MergeLines(lines, message, max_recursion_depth=_MAX_NESTING)
     except text_format.ParseError as exc:
         line, col = exc.GetLine(), exc.GetColumn()
-        msg = _clean_parse_message(str(exc), line, col, known_lines().get(line))
+        msg = _with_fork(_clean_parse_message(str(exc), line, col, known_lines().get(line)))
         if line is None:
             raise PrototxtError(f"{filename}: {msg}") from None
         raise PrototxtError(f"{filename}:{line}:{col}: {msg}") from None
@@ -293,6 +301,13 @@ def parse_binary_proto(data, message_cls, filename="<bytes>"):
     if fields is None or not wire_fits(fields, message_cls, allow_unknown=True):
         hint = " (it looks like a text prototxt)" if looks_like_text(data) is not None else ""
         raise ProtonetError(f"{filename}: not a binary {what} file{hint}")
+    if message_cls.DESCRIPTOR.full_name == "caffe.NetParameter":
+        from protonet.io.dialects import translate_net_bytes  # dialects imports this module
+
+        try:
+            data = translate_net_bytes(data)
+        except ValueError as exc:
+            raise ProtonetError(f"{filename}: not a valid binary NetParameter ({exc})") from None
     msg = message_cls()
     try:
         msg.ParseFromString(data)
@@ -315,43 +330,6 @@ def read_binary_proto(path, message_cls):
         raise ProtonetError(f"{path}: {size} bytes, more than a binary {message_cls.DESCRIPTOR.name} can hold "
                             f"({_MAX_BINARY_PROTO_BYTES}, Caffe's limit too)")
     return parse_binary_proto(read_bytes(path), message_cls, path)
-
-
-@contextlib.contextmanager
-def atomic_open(path):
-    """A binary file handle whose content appears at `path` only when the block ends without error.
-
-    The data goes to a temporary file beside `path`, is flushed to disk and renamed over `path`,
-    so a crash never leaves half a file.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    except OSError as exc:
-        raise ProtonetError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates 0600; give the file the mode a plain open() would.
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        try:
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise ProtonetError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write(path, data):
-    """Write bytes to `path` through a temporary file and a rename: a crash never leaves half a file."""
-    with atomic_open(path) as fh:
-        fh.write(data)
 
 
 # `key: 1.0` can only be a float field (strings are quoted, ints have no point, enums are names)

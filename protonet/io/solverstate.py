@@ -4,7 +4,8 @@ import os
 
 from protonet import caffe_pb2
 from protonet.io.blobs import BlobError, array_to_blob, blob_field_pieces, blob_to_array, serialize_around
-from protonet.io.prototxt import atomic_open, read_binary_proto
+from protonet.io.atomic import atomic_open
+from protonet.io.prototxt import read_binary_proto
 
 _HISTORY = 3  # SolverState.history
 

@@ -4,6 +4,7 @@ Importing this package registers every type (`layer_class(type_name)` finds them
 pycaffe's `L`: the NetSpec DSL is `protonet.spec.layers` (see protonet/__init__.py).
 """
 from protonet.layers import (  # noqa: F401  (each family registers its types on import)
+    channels,
     common,
     data,
     detection_evaluate,
@@ -15,6 +16,7 @@ from protonet.layers import (  # noqa: F401  (each family registers its types on
     normalization,
     priorbox,
     python,
+    upsampling,
     vision,
 )
 from protonet.layers.base import LAYERS, Layer, NetContext, layer_class, register  # noqa: F401

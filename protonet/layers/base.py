@@ -16,6 +16,8 @@ from torch import nn
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError, ShapeError
+from protonet.io.dialects import KNOWN as KNOWN_DIALECTS
+from protonet.io.foreign import foreign_type
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
@@ -53,6 +55,10 @@ class NetContext:
                                      # JPEG like Caffe (bit-parity with Caffe's batches)
     max_memory: int | None = None    # bytes a net may need when built (None: the machine's memory)
     strict_data: bool = False        # a corrupt record or one with bad boxes is an error, not skipped
+    # DetectionOutput's save_output_param: when its label map or name/size file is missing (or its
+    # output directory cannot be made), fail (protonet test) instead of warning once and running
+    # without writing result files (the default, for zoo deploys naming their author's files)
+    result_files_required: bool = False
 
 
 class Layer(nn.Module):
@@ -103,7 +109,10 @@ def layer_class(type_name, layer_name="?"):
 
     cls = LAYERS.get(type_name)
     if cls is None:
-        raise ProtonetError(f"layer {layer_name}: unknown layer type '{type_name}'")
+        fork = foreign_type(type_name)
+        where = f" (a type of {fork}, which protonet does not run)" if fork else ""
+        raise ProtonetError(f"layer {layer_name}: unknown layer type '{type_name}'{where}; protonet runs the types "
+                            f"of {KNOWN_DIALECTS}")
     return cls
 
 

@@ -71,6 +71,10 @@ class ConcatLayer(Layer):
         if p.HasField("concat_dim") and p.HasField("axis"):
             raise ProtonetError(f"layer {self.name} (Concat): give either axis or concat_dim, not both")
         self.axis = canonical_axis(self, axis, len(first))
+        self.fuse = p.per_fla_fuse and self.axis == 1
+        if self.fuse:
+            self.top_shapes = [self._fused_shape()]
+            return
         total = 0
         for i, s in enumerate(self.bottom_shapes):
             if len(s) != len(first) or any(a != b for j, (a, b) in enumerate(zip(s, first)) if j != self.axis):
@@ -81,7 +85,20 @@ class ConcatLayer(Layer):
         out[self.axis] = total
         self.top_shapes = [tuple(out)]
 
+    def _fused_shape(self):
+        """Intel Caffe's per_fla_fuse (its int8 SSD): each bottom permuted to N,H,W,C and flattened,
+        then concatenated: N x (sum of C*H*W) x 1 x 1."""
+        first = self.bottom_shapes[0]
+        for i, s in enumerate(self.bottom_shapes):
+            if len(s) != len(first) or s[0] != first[0]:
+                raise ShapeError(f"layer {self.name} (Concat): bottom {i} has shape {list(s)}; with "
+                                 f"per_fla_fuse every bottom needs bottom 0's {len(first)} axes and num {first[0]}")
+        return (first[0], sum(count(s, 1) for s in self.bottom_shapes)) + (1,) * (len(first) - 2)
+
     def forward(self, *bottoms):
+        if self.fuse:
+            flat = [b.movedim(1, -1).reshape(b.shape[0], -1) for b in bottoms]
+            return torch.cat(flat, dim=1).reshape((bottoms[0].shape[0], -1) + (1,) * (bottoms[0].dim() - 2))
         if len(bottoms) == 1:
             return bottoms[0]
         return torch.cat(bottoms, dim=self.axis)

@@ -7,6 +7,8 @@ records read sequentially like Caffe (shuffled per epoch with ctx.data_shuffle),
 ctx.rank / ctx.world_size, transformed in ctx.data_workers worker processes with random streams
 derived from ctx.seed; Caffe's JPEG round trips with ctx.reencode_jpeg.
 """
+import time
+
 import torch
 
 from protonet.data.pipeline import pipeline_for
@@ -23,6 +25,7 @@ class _PipelineLayer(Layer):
         self.n_tops = max(1, len(param.top))
         self.top_shapes = pipeline.top_shapes(self.n_tops)
         self.batches = pipeline.batches(ctx, with_labels=self.n_tops > 1)
+        self.wait_seconds = 0.0  # time forward() waited for its batch (the solver reports the share)
         self.register_buffer("_device", torch.zeros(0), persistent=False)
 
     @property
@@ -37,7 +40,9 @@ class _PipelineLayer(Layer):
         self.batches.next_batch += int(n)
 
     def forward(self):
+        start = time.perf_counter()
         data, label = next(self.batches)
+        self.wait_seconds += time.perf_counter() - start
         device = self._device.device
         data = data.to(device, non_blocking=True)
         if self.n_tops == 1:

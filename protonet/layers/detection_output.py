@@ -1,25 +1,20 @@
 """DetectionOutput (SSD fork, RefineDet's 5-bottom variant): decode, per-class NMS, keep_top_k,
 and the fork's result files (save_output_param, written by protonet.eval.writers)."""
+import logging
 import os
 
 import numpy as np
 import torch
 
-from protonet import box
+from protonet import box, caffe_pb2
 from protonet.errors import ProtonetError
 from protonet.eval import writers
-from protonet.io.labelmap import map_label_to_name, read_labelmap
+from protonet.io.labelmap import label_names
 from protonet.io.name_size import read_name_size
 from protonet.layers.base import Layer, register
 
 FLT_MAX = float(np.finfo(np.float32).max)
-
-
-def read_label_names(path, where):
-    """label -> name of a LabelMap file (a label given twice is an error)."""
-    if not os.path.exists(path):
-        raise ProtonetError(f"{where}: label map file {path} not found")
-    return map_label_to_name(read_labelmap(path), strict=True, source=path)
+log = logging.getLogger("protonet.layers")
 
 
 def read_names_and_sizes(path, where):
@@ -33,7 +28,9 @@ class DetectionOutputLayer(Layer):
     """Decode, per-class NMS and keep_top_k for the whole batch; top [1, 1, N_kept, 7] rows
     [image, label, score, xmin, ymin, xmax, ymax]. With 5 bottoms (RefineDet) boxes are decoded
     from the ARM-refined priors and priors with ARM objectness < objectness_score count as
-    background ([1, 0, 0, ...] scores)."""
+    background ([1, 0, 0, ...] scores). OpenCV's fields: `clip` clamps the decoded boxes to
+    [0, 1] before NMS; `normalized_bbox: false` takes pixel priors (CENTER_SIZE prior sizes and
+    NMS overlaps count both end pixels)."""
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
@@ -62,6 +59,10 @@ class DetectionOutputLayer(Layer):
                                                 self.num_classes, arm_conf_s, arm_loc_s)
         if p.visualize:
             raise ProtonetError(f"{self.where}: visualize is not supported (use `protonet detect`)")
+        self.normalized, self.clip = p.normalized_bbox, p.clip
+        if not self.normalized and (self.clip or p.code_type == caffe_pb2.PriorBoxParameter.CORNER_SIZE):
+            raise ProtonetError(f"{self.where}: normalized_bbox: false is supported with code_type CORNER or "
+                                f"CENTER_SIZE and without clip (OpenCV clips pixel boxes to a fourth image bottom)")
         self._setup_saving(p.save_output_param)
         self.top_shapes = [(1, 1, 1, 7)]
 
@@ -74,8 +75,20 @@ class DetectionOutputLayer(Layer):
         self.label_to_name = {}
         self.names, self.sizes = [], []
         self.num_test_image = 0
+        self.name_count = 0
+        self.saved = []  # (image name, label, score, [x, y, w, h] pixels rounded): eval.writers rows
+        missing = self._missing_result_inputs(sp)
+        if missing:
+            # Caffe aborts here; a deploy from a model zoo names its author's files, and running
+            # it needs none of them (a documented deviation; protonet test still requires them).
+            if self.ctx.result_files_required and sp.output_directory:
+                raise ProtonetError(f"{self.where}: {missing[0]} (save_output_param asks to save results in "
+                                    f"{sp.output_directory})")
+            log.warning("%s: %s; detection results will not be saved", self.where, "; ".join(missing))
+            self.need_save = False
+            return
         if sp.HasField("label_map_file") and sp.label_map_file:
-            self.label_to_name = read_label_names(sp.label_map_file, self.where)
+            self.label_to_name = label_names(sp.label_map_file, strict=True, where=self.where)
         else:
             self.need_save = False
         if sp.HasField("name_size_file") and sp.name_size_file:
@@ -91,10 +104,19 @@ class DetectionOutputLayer(Layer):
         if self.need_save and self.output_format not in writers.FORMATS:
             raise ProtonetError(f"{self.where}: unknown output_format '{self.output_format}'")
         self.resize_param = sp.resize_param if sp.HasField("resize_param") else None
-        if self.need_save:
-            os.makedirs(self.output_directory, exist_ok=True)
-        self.name_count = 0
-        self.saved = []  # (image name, label, score, [x, y, w, h] pixels rounded): eval.writers rows
+
+    def _missing_result_inputs(self, sp):
+        """What save_output_param names that is not there: label map, name/size file, or an output
+        directory that cannot be made."""
+        missing = [f"{what} file {path} not found" for what, path in
+                   (("label map", sp.label_map_file), ("name size", sp.name_size_file))
+                   if path and not os.path.exists(path)]
+        if not missing and self.need_save and sp.label_map_file and sp.name_size_file:
+            try:
+                os.makedirs(self.output_directory, exist_ok=True)
+            except OSError as exc:
+                missing.append(f"cannot make output directory {self.output_directory} ({exc.strerror or exc})")
+        return missing
 
     def _save(self, rows):
         """Accumulate one batch; write the files when num_test_image images are done."""
@@ -149,7 +171,9 @@ class DetectionOutputLayer(Layer):
         else:
             base = priors[:, None]
         boxes = box.decode(loc.reshape(N, P, Lc, 4), base, variances[:, None], p.code_type,
-                           p.variance_encoded_in_target)  # [N, P, Lc, 4]
+                           p.variance_encoded_in_target, self.normalized)  # [N, P, Lc, 4]
+        if self.clip:
+            boxes = boxes.clamp(0.0, 1.0)
         scores = conf.reshape(N, P, C)
         if arm_conf is not None:
             # RefineDet: priors the ARM finds empty get the scores [1, 0, 0, ...].
@@ -172,7 +196,7 @@ class DetectionOutputLayer(Layer):
             row_boxes = boxes[:, :, cls].permute(0, 2, 1, 3).reshape(N * len(classes), P, 4)
             box_rows = None
         order, keep = box.nms(row_boxes, picked, self.confidence_threshold, self.nms_threshold,
-                              self.eta, self.top_k, box_rows, classes_last=True)
+                              self.eta, self.top_k, box_rows, classes_last=True, normalized=self.normalized)
         K = order.shape[1]
         keep = keep.view(N, len(classes), K)
         order = order.view(N, len(classes), K)

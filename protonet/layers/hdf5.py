@@ -1,6 +1,7 @@
 """HDF5Data and HDF5Output (h5py), with Caffe's order of files and rows."""
 import os
 
+import h5py
 import numpy as np
 import torch
 
@@ -16,14 +17,6 @@ def resolve_path(ctx, path):
     if ctx.root_dir and not os.path.isabs(path):
         return os.path.join(ctx.root_dir, path)
     return path
-
-
-def _h5py():
-    try:
-        import h5py
-    except ImportError:  # pragma: no cover - h5py is a dependency
-        raise ProtonetError("HDF5 layers need the h5py package") from None
-    return h5py
 
 
 @register("HDF5Data")
@@ -70,7 +63,6 @@ class HDF5DataLayer(Layer):
         self.top_shapes = [(self.batch_size,) + a.shape[1:] for a in self.arrays]
 
     def _load(self, path):
-        h5py = _h5py()
         arrays = []
         try:
             with h5py.File(path, "r") as f:
@@ -160,14 +152,12 @@ class HDF5OutputLayer(Layer):
             raise ProtonetError(f"layer {self.name} (HDF5Output): file_name is required")
         self.path = resolve_path(ctx, param.hdf5_output_param.file_name)
         self.top_shapes = []
-        h5py = _h5py()
         try:
             h5py.File(self.path, "w").close()
         except OSError as exc:
             raise ProtonetError(f"layer {self.name} (HDF5Output): cannot create {self.path} ({exc})") from None
 
     def forward(self, data, label):
-        h5py = _h5py()
         with h5py.File(self.path, "w") as f:
             f.create_dataset("data", data=data.detach().cpu().numpy())
             f.create_dataset("label", data=label.detach().cpu().numpy())

@@ -17,16 +17,57 @@ class _Neuron(Layer):
         self.top_shapes = [self.bottom_shapes[0]]
 
 
+class _ReLU6(torch.autograd.Function):
+    """min(max(x, 0) + slope * min(x, 0), 6), with the forks' gradient
+    top_diff * ((x > 0) + slope * (x <= 0)) * (x < 6): 0 at x = 0 and from x = 6 on."""
+
+    @staticmethod
+    def forward(ctx, x, slope):
+        ctx.save_for_backward(x)
+        ctx.slope = slope
+        y = torch.clamp(x, min=0) + slope * torch.clamp(x, max=0) if slope else torch.clamp(x, min=0)
+        return torch.clamp(y, max=6.0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        local = (x > 0).to(grad.dtype)
+        if ctx.slope:
+            local = local + ctx.slope * (x <= 0).to(grad.dtype)
+        return grad * local * (x < 6).to(grad.dtype), None
+
+
 @register("ReLU")
 class ReLULayer(_Neuron):
+    """Caffe's ReLU; `relu_param { relu6: true }` (TF converters, Synopsys Caffe) caps it at 6 as
+    ReLU6 does."""
+
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         self.slope = param.relu_param.negative_slope
+        self.relu6 = param.relu_param.relu6
 
     def forward(self, x):
+        if self.relu6:
+            return _ReLU6.apply(x, self.slope)
         if self.slope == 0:
             return torch.relu(x)
         return F.leaky_relu(x, self.slope)
+
+
+@register("ReLU6")
+class ReLU6Layer(_Neuron):
+    """ReLU6 of the MobileNet ports (chuanqi305/ssd, which MobileNetv2-SSDLite needs; eric612's
+    forks add `relu6_param { negative_slope }`): min(max(x, 0) + slope * min(x, 0), 6)."""
+
+    dialect = "layer ports"
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        self.slope = param.relu6_param.negative_slope
+
+    def forward(self, x):
+        return _ReLU6.apply(x, self.slope)
 
 
 @register("PReLU")

@@ -13,7 +13,9 @@ class BatchNormLayer(Layer):
     """Caffe's BatchNorm: blobs (mean sum, variance sum, scale factor); the statistics are the blobs
     divided by the factor. With batch statistics (TRAIN by default) the blobs are updated in place:
     factor = maf * factor + 1, mean = maf * mean + batch_mean,
-    var = maf * var + m / (m - 1) * batch_var (m values per channel)."""
+    var = maf * var + m / (m - 1) * batch_var (m values per channel). NVCaffe's scale_bias (or a
+    scale_filler/bias_filler) adds learnable blobs scale and bias (fillers 1 and 0): y = scale *
+    normalized + bias, as NVCaffe's batch_norm_layer.cpp and OpenCV compute it."""
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
@@ -26,13 +28,26 @@ class BatchNormLayer(Layer):
         self.channels = 1 if len(shape) == 1 else shape[1]
         for i, blob_shape in enumerate(((self.channels,), (self.channels,), (1,))):
             self.add_blob(fill(blob_shape, None, f"layer {self.name} (BatchNorm) blob {i}"), learnable=False)
+        self.scale_bias = p.scale_bias or p.HasField("scale_filler") or p.HasField("bias_filler")
+        if self.scale_bias:
+            one = caffe_pb2.FillerParameter(type="constant", value=1)
+            self.add_blob(fill((self.channels,), p.scale_filler if p.HasField("scale_filler") else one,
+                               f"layer {self.name} scale"))
+            self.add_blob(fill((self.channels,), p.bias_filler if p.HasField("bias_filler") else None,
+                               f"layer {self.name} bias"))
         self.top_shapes = [shape]
 
     def _view(self, t, x):
         return t.reshape((1, -1) + (1,) * (x.dim() - 2)) if x.dim() >= 2 else t
 
     def forward(self, x):
-        mean_sum, var_sum, factor = self.blobs
+        y = self._normalize(x)
+        if self.scale_bias:
+            return y * self._view(self.blobs[3], x) + self._view(self.blobs[4], x)
+        return y
+
+    def _normalize(self, x):
+        mean_sum, var_sum, factor = self.blobs[:3]
         if x.dim() >= 2 and x.shape[1] != self.channels:
             raise ShapeError(f"layer {self.name} (BatchNorm): bottom has {x.shape[1]} channels, the layer "
                              f"{self.channels}")

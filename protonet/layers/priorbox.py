@@ -1,4 +1,9 @@
-"""PriorBox (SSD fork): the prior boxes of one feature map, with the fork's float32 arithmetic."""
+"""PriorBox (SSD fork): the prior boxes of one feature map, with the fork's float32 arithmetic.
+
+Other dialects' options: OpenCV's several cell offsets (offset_h/offset_w), explicit prior sizes
+(width/height) and pixel priors (normalized_bbox: false); the TF converters' (Synopsys Caffe)
+TensorFlow/Keras prior orders (tf, keras), y,x coordinates (yx_order) and explicit sizes
+(box_width/box_height)."""
 import math
 
 import numpy as np
@@ -8,6 +13,9 @@ from protonet.errors import ProtonetError, ShapeError
 from protonet.layers.base import Layer, register
 
 _f32 = np.float32
+# Synopsys' tf mode narrows the boxes of min_size 60 by this much on each side (normalized): its
+# stand-in for TensorFlow's smaller first-layer anchors.
+_TF_SHRINK = 0.05
 
 
 @register("PriorBox")
@@ -15,76 +23,121 @@ class PriorBoxLayer(Layer):
     """Prior boxes of one feature map: top [1, 2, H*W*num_priors*4] (boxes, then variances).
 
     Sizes are truncated to int as in the fork; the per-cell order is min, sqrt(min*max), then the
-    aspect ratios (each flipped one right after its ratio), per min_size."""
+    aspect ratios (each flipped one right after its ratio), per min_size. With OpenCV's offsets
+    every box is repeated at each (offset_w, offset_h) of the cell, boxes outer, offsets inner;
+    OpenCV's explicit width/height list the boxes instead of min_size (no max_size or ratios)."""
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         self.check_bottoms(2)
         p = param.prior_box_param
-        where = f"layer {self.name} (PriorBox)"
-        if len(p.min_size) == 0:
-            raise ProtonetError(f"{where}: must provide min_size")
-        if any(not 0 < m < math.inf for m in list(p.min_size) + list(p.max_size)):
-            raise ProtonetError(f"{where}: min_size and max_size must be positive and finite")
-        self.min_sizes = [int(_f32(m)) for m in p.min_size]
+        self.where = f"layer {self.name} (PriorBox)"
+        self.yx_order, self.normalized = p.yx_order, p.normalized_bbox
+        self.box_sizes = self._box_sizes(p)  # [(width, height, narrow), ...] per cell
+        self.offsets = self._offsets(p)  # [(offset_x, offset_y), ...]
+        self.num_priors = len(self.box_sizes) * len(self.offsets)
+        if len(p.variance) > 1:
+            if len(p.variance) != 4:
+                raise ProtonetError(f"{self.where}: give 1 or 4 variances, got {len(p.variance)}")
+        if any(not 0 < v < math.inf for v in p.variance):
+            raise ProtonetError(f"{self.where}: variance must be positive and finite")
+        self.variance = [float(v) for v in p.variance] or [0.1]
+        self._image_and_step(p)
+        self.clip = p.clip
+        feat = self.bottom_shapes[0]
+        if len(feat) < 2 or len(self.bottom_shapes[1]) < 2:
+            raise ShapeError(f"{self.where}: bottoms need height and width axes")
+        self.top_shapes = [(1, 2, feat[-1] * feat[-2] * self.num_priors * 4)]
+        self._cache = {}
+
+    # -- the boxes of a cell --------------------------------------------------------------------
+    def _aspect_ratios(self, p):
         ratios = [_f32(1.0)]
         for a in p.aspect_ratio:
             if not 0 < a < math.inf:
-                raise ProtonetError(f"{where}: aspect_ratio {a:g} must be positive and finite")
-            a = _f32(a)
-            if any(abs(_f32(a - e)) < 1e-6 for e in ratios):
+                raise ProtonetError(f"{self.where}: aspect_ratio {a:g} must be positive and finite")
+        given = [_f32(a) for a in p.aspect_ratio]
+        flipped = [_f32(1.0 / float(a)) for a in given] if p.flip else []
+        # Keras (Synopsys): every ratio, then every flipped one; otherwise each flip follows its ratio.
+        pairs = [(a,) for a in given] + [(f,) for f in flipped] if p.keras else \
+            [(a, f) for a, f in zip(given, flipped)] if p.flip else [(a,) for a in given]
+        for group in pairs:
+            if any(abs(_f32(group[0] - e)) < 1e-6 for e in ratios):
                 continue
-            ratios.append(a)
-            if p.flip:
-                ratios.append(_f32(1.0 / float(a)))
-        self.aspect_ratios = ratios
-        self.max_sizes = []
+            ratios.extend(group)
+        return ratios
+
+    def _box_sizes(self, p):
+        explicit = [(p.width, p.height, "width/height"), (p.box_width, p.box_height, "box_width/box_height")]
+        for widths, heights, what in explicit:
+            if len(widths) or len(heights):
+                if len(widths) != len(heights) or len(p.min_size) or len(p.max_size) or len(p.aspect_ratio):
+                    raise ProtonetError(f"{self.where}: {what} need as many heights as widths and no "
+                                        f"min_size, max_size or aspect_ratio")
+                if any(not 0 < v < math.inf for v in list(widths) + list(heights)):
+                    raise ProtonetError(f"{self.where}: {what} must be positive and finite")
+                return [(float(_f32(w)), float(_f32(h)), False) for w, h in zip(widths, heights)]
+        if len(p.min_size) == 0:
+            raise ProtonetError(f"{self.where}: must provide min_size")
+        if any(not 0 < m < math.inf for m in list(p.min_size) + list(p.max_size)):
+            raise ProtonetError(f"{self.where}: min_size and max_size must be positive and finite")
+        min_sizes = [int(_f32(m)) for m in p.min_size]
+        max_sizes = []
         if len(p.max_size) > 0:
             if len(p.max_size) != len(p.min_size):
-                raise ProtonetError(f"{where}: max_size must be given once per min_size")
-            for mn, mx in zip(p.min_size, p.max_size):
-                if not mx > mn:
-                    raise ProtonetError(f"{where}: max_size must be greater than min_size")
-            self.max_sizes = [int(_f32(m)) for m in p.max_size]
-        self.num_priors = len(ratios) * len(self.min_sizes) + len(self.max_sizes)
-        if len(p.variance) > 1:
-            if len(p.variance) != 4:
-                raise ProtonetError(f"{where}: give 1 or 4 variances, got {len(p.variance)}")
-        if any(not 0 < v < math.inf for v in p.variance):
-            raise ProtonetError(f"{where}: variance must be positive and finite")
-        self.variance = [float(v) for v in p.variance] or [0.1]
+                raise ProtonetError(f"{self.where}: max_size must be given once per min_size")
+            if not all(mx > mn for mn, mx in zip(p.min_size, p.max_size)):
+                raise ProtonetError(f"{self.where}: max_size must be greater than min_size")
+            max_sizes = [int(_f32(m)) for m in p.max_size]
+        ratios = self._aspect_ratios(p)
+        sizes = []
+        for s, m in enumerate(min_sizes):
+            first = [(float(_f32(m)), float(_f32(m)), p.tf and m == 60)]
+            big = [(float(_f32(math.sqrt(m * max_sizes[s]))),) * 2 + (False,)] if max_sizes else []
+            rest = []
+            for a in ratios:
+                if abs(float(a) - 1.0) < 1e-6:
+                    continue
+                r = np.sqrt(a)  # float32 sqrt
+                rest.append((float(_f32(_f32(m) * r)), float(_f32(_f32(m) / r)), False))
+            # SSD: min, max, ratios; TensorFlow (tf): min, ratios, max; Keras: max, min, ratios
+            sizes += big + first + rest if p.keras else first + rest + big if p.tf else first + big + rest
+        return sizes
+
+    def _offsets(self, p):
+        if len(p.offset_h) or len(p.offset_w):
+            if p.HasField("offset") or len(p.offset_h) != len(p.offset_w):
+                raise ProtonetError(f"{self.where}: give offset_h and offset_w (as many of each), or offset")
+            return [(_f32(x), _f32(y)) for x, y in zip(p.offset_w, p.offset_h)]
+        return [(_f32(p.offset), _f32(p.offset))]
+
+    def _image_and_step(self, p):
         if p.HasField("img_h") or p.HasField("img_w"):
             if p.HasField("img_size"):
-                raise ProtonetError(f"{where}: give either img_size or img_h/img_w, not both")
+                raise ProtonetError(f"{self.where}: give either img_size or img_h/img_w, not both")
             if p.img_h <= 0 or p.img_w <= 0:
-                raise ProtonetError(f"{where}: img_h and img_w must be positive")
+                raise ProtonetError(f"{self.where}: img_h and img_w must be positive")
             self.img_h, self.img_w = p.img_h, p.img_w
         elif p.HasField("img_size"):
             if p.img_size <= 0:
-                raise ProtonetError(f"{where}: img_size must be positive")
+                raise ProtonetError(f"{self.where}: img_size must be positive")
             self.img_h = self.img_w = p.img_size
         else:
             self.img_h = self.img_w = 0
         if p.HasField("step_h") or p.HasField("step_w"):
             if p.HasField("step"):
-                raise ProtonetError(f"{where}: give either step or step_h/step_w, not both")
+                raise ProtonetError(f"{self.where}: give either step or step_h/step_w, not both")
             if not (p.step_h > 0 and p.step_w > 0):
-                raise ProtonetError(f"{where}: step_h and step_w must be positive")
+                raise ProtonetError(f"{self.where}: step_h and step_w must be positive")
             self.step_h, self.step_w = _f32(p.step_h), _f32(p.step_w)
         elif p.HasField("step"):
             if not p.step > 0:
-                raise ProtonetError(f"{where}: step must be positive")
+                raise ProtonetError(f"{self.where}: step must be positive")
             self.step_h = self.step_w = _f32(p.step)
         else:
             self.step_h = self.step_w = _f32(0)
-        self.offset = _f32(p.offset)
-        self.clip = p.clip
-        feat = self.bottom_shapes[0]
-        if len(feat) < 2 or len(self.bottom_shapes[1]) < 2:
-            raise ShapeError(f"{where}: bottoms need height and width axes")
-        self.top_shapes = [(1, 2, feat[-1] * feat[-2] * self.num_priors * 4)]
-        self._cache = {}
 
+    # -- the priors of a map -----------------------------------------------------------------
     def priors(self, layer_h, layer_w, img_h, img_w):
         """float32 numpy [2, layer_h*layer_w*num_priors*4], with the fork's float/double steps."""
         key = (layer_h, layer_w, img_h, img_w)
@@ -97,34 +150,25 @@ class PriorBoxLayer(Layer):
             step_h = _f32(_f32(img_h) / _f32(layer_h))
         else:
             step_w, step_h = self.step_w, self.step_h
-        # Box sizes per cell: float32 as in the fork (the sqrt(min*max) one comes from double).
-        widths, heights = [], []
-        for s, m in enumerate(self.min_sizes):
-            widths.append(_f32(m))
-            heights.append(_f32(m))
-            if self.max_sizes:
-                v = _f32(math.sqrt(m * self.max_sizes[s]))
-                widths.append(v)
-                heights.append(v)
-            for a in self.aspect_ratios:
-                if abs(float(a) - 1.0) < 1e-6:
-                    continue
-                r = np.sqrt(a)  # float32 sqrt
-                widths.append(_f32(_f32(m) * r))
-                heights.append(_f32(_f32(m) / r))
-        bw = np.array(widths, dtype=np.float32).astype(np.float64)
-        bh = np.array(heights, dtype=np.float32).astype(np.float64)
-        cx = ((np.arange(layer_w, dtype=np.float32) + self.offset) * step_w).astype(np.float32)
-        cy = ((np.arange(layer_h, dtype=np.float32) + self.offset) * step_h).astype(np.float32)
-        cx = cx.astype(np.float64)[None, :, None]
-        cy = cy.astype(np.float64)[:, None, None]
-        shape = (layer_h, layer_w, len(widths))
-        coords = np.stack([
-            np.broadcast_to((cx - bw / 2.0) / img_w, shape),
-            np.broadcast_to((cy - bh / 2.0) / img_h, shape),
-            np.broadcast_to((cx + bw / 2.0) / img_w, shape),
-            np.broadcast_to((cy + bh / 2.0) / img_h, shape),
-        ], axis=-1).astype(np.float32).reshape(-1)
+        # [cells, boxes, offsets] broadcast: box sizes float32 as in the fork, centres float32
+        bw = np.array([s[0] for s in self.box_sizes])[None, None, :, None]
+        bh = np.array([s[1] for s in self.box_sizes])[None, None, :, None]
+        off_x = np.array([o[0] for o in self.offsets], dtype=np.float32)
+        off_y = np.array([o[1] for o in self.offsets], dtype=np.float32)
+        cx = ((np.arange(layer_w, dtype=np.float32)[:, None] + off_x) * step_w).astype(np.float32)
+        cy = ((np.arange(layer_h, dtype=np.float32)[:, None] + off_y) * step_h).astype(np.float32)
+        cx = cx.astype(np.float64)[None, :, None, :]
+        cy = cy.astype(np.float64)[:, None, None, :]
+        shape = (layer_h, layer_w, len(self.box_sizes), len(self.offsets))
+        if self.normalized:
+            x1, y1 = (cx - bw / 2.0) / img_w, (cy - bh / 2.0) / img_h
+            x2, y2 = (cx + bw / 2.0) / img_w, (cy + bh / 2.0) / img_h
+        else:  # OpenCV's pixel priors: the max corner is the last pixel inside
+            x1, y1, x2, y2 = cx - bw * 0.5, cy - bh * 0.5, cx + bw * 0.5 - 1, cy + bh * 0.5 - 1
+        narrow = np.array([s[2] for s in self.box_sizes])[None, None, :, None] * _TF_SHRINK
+        x1, y1, x2, y2 = x1 + narrow, y1 + narrow, x2 - narrow, y2 - narrow
+        corners = (y1, x1, y2, x2) if self.yx_order else (x1, y1, x2, y2)
+        coords = np.stack([np.broadcast_to(c, shape) for c in corners], axis=-1).astype(np.float32).reshape(-1)
         if self.clip:
             coords = np.clip(coords, 0.0, 1.0)
         var = np.array(self.variance * (4 if len(self.variance) == 1 else 1), dtype=np.float32)

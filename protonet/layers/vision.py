@@ -1,4 +1,5 @@
-"""Vision layers: Convolution, Deconvolution, Pooling, InnerProduct, LRN, SPP."""
+"""Vision layers: Convolution, Deconvolution, Pooling, InnerProduct, LRN, SPP; the depthwise
+convolutions of the MobileNet ports (DepthwiseConvolution, ConvolutionDepthwise)."""
 import math
 
 import torch
@@ -37,6 +38,18 @@ def _spatial(layer, values, h_value, w_value, has_hw, n, default, what):
     return values
 
 
+def tf_pads(layer, p, n_spatial=2):
+    """TF converters' (Synopsys Caffe's) asymmetric padding (top, bottom, left, right) when any of
+    pad_t/pad_b/pad_l/pad_r is non-zero (then they replace pad, as there), else None."""
+    pads = (p.pad_t, p.pad_b, p.pad_l, p.pad_r)
+    if not any(pads):
+        return None
+    if n_spatial != 2:
+        raise ProtonetError(f"layer {layer.name} ({layer.param.type}): pad_l/pad_r/pad_t/pad_b are for "
+                            f"2-D layers only")
+    return tuple(int(v) for v in pads)
+
+
 class _ConvBase(Layer):
     transposed = False
 
@@ -61,12 +74,15 @@ class _ConvBase(Layer):
         has_pad_hw = p.HasField("pad_h") or p.HasField("pad_w")
         self.pad = _spatial(self, p.pad, p.pad_h, p.pad_w, has_pad_hw, n, 0, "pad")
         self.dilation = _spatial(self, p.dilation, 0, 0, False, n, 1, "dilation")
+        self.asym_pad = tf_pads(self, p, n)
+        if self.asym_pad is not None:
+            if self.transposed:
+                raise ProtonetError(f"layer {self.name} (Deconvolution): pad_l/pad_r/pad_t/pad_b are not "
+                                    f"supported for deconvolution")
+            self.pad = [0, 0]  # forward pads (or, negative, crops) with F.pad first
         if any(k <= 0 for k in self.kernel) or any(s <= 0 for s in self.stride) or any(d <= 0 for d in self.dilation):
             raise ProtonetError(f"layer {self.name}: kernel, stride and dilation must be positive")
-        if not p.HasField("num_output") or p.num_output == 0:
-            raise ProtonetError(f"layer {self.name} ({param.type}): num_output must be given and > 0")
-        self.num_output = p.num_output
-        self.group = p.group
+        self.num_output, self.group = self._outputs_and_group(p, shape[1])
         channels = shape[1]
         if channels == 0:
             raise ShapeError(f"layer {self.name} ({param.type}): bottom {list(shape)} has no channels")
@@ -90,19 +106,28 @@ class _ConvBase(Layer):
         if self.bias_term:
             self.add_blob(fill((self.num_output,), p.bias_filler if p.HasField("bias_filler") else None,
                                f"layer {self.name} bias"))
-        out = []
-        for i in range(n):
-            ext = self.dilation[i] * (self.kernel[i] - 1) + 1
-            size = shape[2 + i]
-            if self.transposed:
-                o = self.stride[i] * (size - 1) + ext - 2 * self.pad[i]
-            else:
-                o = (size + 2 * self.pad[i] - ext) // self.stride[i] + 1
-            if o <= 0:
-                raise ShapeError(f"layer {self.name} ({param.type}): output size {o} on spatial axis {i} "
-                                 f"(bottom {list(shape)}, kernel {self.kernel}, pad {self.pad}, stride {self.stride})")
-            out.append(o)
+        out = [self._out_size(i, shape) for i in range(n)]
         self.top_shapes = [(b[0], self.num_output, *out) for b in self.bottom_shapes]
+
+    def _out_size(self, i, shape):
+        ext = self.dilation[i] * (self.kernel[i] - 1) + 1
+        size = shape[2 + i]
+        if self.transposed:
+            o = self.stride[i] * (size - 1) + ext - 2 * self.pad[i]
+        elif self.asym_pad is not None:
+            o = (size + self.asym_pad[2 * i] + self.asym_pad[2 * i + 1] - ext) // self.stride[i] + 1
+        else:
+            o = (size + 2 * self.pad[i] - ext) // self.stride[i] + 1
+        if o <= 0:
+            pad = list(self.asym_pad) if self.asym_pad is not None else self.pad
+            raise ShapeError(f"layer {self.name} ({self.param.type}): output size {o} on spatial axis {i} "
+                             f"(bottom {list(shape)}, kernel {self.kernel}, pad {pad}, stride {self.stride})")
+        return o
+
+    def _outputs_and_group(self, p, channels):
+        if not p.HasField("num_output") or p.num_output == 0:
+            raise ProtonetError(f"layer {self.name} ({self.param.type}): num_output must be given and > 0")
+        return p.num_output, p.group
 
     def forward(self, *xs):
         w = self.blobs[0]
@@ -111,6 +136,9 @@ class _ConvBase(Layer):
             fn = _DECONV_FN[self.n]
             outs = [fn(x, w, b, self.stride, self.pad, 0, self.group, self.dilation) for x in xs]
         else:
+            if self.asym_pad is not None:
+                top, bottom, left, right = self.asym_pad
+                xs = [F.pad(x, (left, right, top, bottom)) for x in xs]
             fn = _CONV_FN[self.n]
             outs = [fn(x, w, b, self.stride, self.pad, self.dilation, self.group) for x in xs]
         return outs[0] if len(outs) == 1 else tuple(outs)
@@ -128,10 +156,37 @@ class DeconvolutionLayer(_ConvBase):
     transposed = True
 
 
-def pooled_size(size, kernel, stride, pad, any_pad):
-    """Caffe's pooling output size: rounds up, then drops a last window that would start in the
-    right padding (only when the layer has padding at all)."""
-    out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
+@register("DepthwiseConvolution")
+class DepthwiseConvolutionLayer(ConvolutionLayer):
+    """yonghenglh6/DepthwiseConvolution (the MobileNet-SSD ports' fork): a faster kernel for Caffe's
+    grouped convolution, on top of BaseConvolutionLayer. num_output and group are read as for
+    Convolution (the deploys give group = channels), so the numbers are Convolution's."""
+
+    dialect = "layer ports"
+
+
+@register("ConvolutionDepthwise")
+class ConvolutionDepthwiseLayer(ConvolutionLayer):
+    """ConvolutionDepthwise of the MobileNet ports (conv_dw_layer.cpp, e.g. in sp2823's and
+    Synopsys' Caffe): one kernel per channel whatever num_output and group say. Weight (C, 1, kh, kw),
+    bias (C,); top C channels; kernel/stride/pad/dilation as in Convolution (pad defaults to 0)."""
+
+    dialect = "layer ports"
+
+    def _outputs_and_group(self, p, channels):
+        if len(self.bottom_shapes[0]) != 4:
+            raise ShapeError(f"layer {self.name} (ConvolutionDepthwise): needs a 4-axis bottom, got "
+                             f"{list(self.bottom_shapes[0])}")
+        return channels, channels
+
+
+def pooled_size(size, kernel, stride, pad, any_pad, pad_end=None, ceil=True):
+    """Caffe's pooling output size: rounds up (down with ceil=False: round_mode FLOOR), then drops
+    a last window that would start in the right padding (only when the layer has padding at all).
+    `pad_end`: the padding after, when it differs from `pad` (TF converters)."""
+    pad_end = pad if pad_end is None else pad_end
+    rounding = math.ceil if ceil else math.floor
+    out = int(rounding((size + pad + pad_end - kernel) / stride)) + 1
     if any_pad and (out - 1) * stride >= size + pad:
         out -= 1
     return out
@@ -144,12 +199,15 @@ def _torch_pooled_size(size, kernel, stride, pad):
     return out
 
 
-def caffe_pool2d(x, method, kernel, stride, pad, out_hw):
-    """MAX or AVE pooling of an N,C,H,W tensor with Caffe's window rules and output size `out_hw`."""
+def caffe_pool2d(x, method, kernel, stride, pad, out_hw, pad_end=None):
+    """MAX or AVE pooling of an N,C,H,W tensor with Caffe's window rules and output size `out_hw`.
+    `pad` is the padding before (top, left), `pad_end` after (bottom, right; default `pad`): an AVE
+    window's area is clipped to the image plus these pads."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    (pbh, pbw) = pad if pad_end is None else pad_end
     H, W = x.shape[-2:]
     oh, ow = out_hw
-    fast = (2 * ph <= kh and 2 * pw <= kw and _torch_pooled_size(H, kh, sh, ph) == oh
+    fast = ((pbh, pbw) == (ph, pw) and 2 * ph <= kh and 2 * pw <= kw and _torch_pooled_size(H, kh, sh, ph) == oh
             and _torch_pooled_size(W, kw, sw, pw) == ow)
     P = caffe_pb2.PoolingParameter
     if method == P.MAX:
@@ -167,12 +225,12 @@ def caffe_pool2d(x, method, kernel, stride, pad, out_hw):
     xp = F.pad(x, (pw, right_w, ph, right_h))
     sums = F.avg_pool2d(xp, (kh, kw), (sh, sw), divisor_override=1)[..., :oh, :ow]
 
-    def areas(o, s, k, p, size):
+    def areas(o, s, k, p, p_end, size):
         start = torch.arange(o, dtype=torch.float64) * s - p
-        end = torch.clamp(start + k, max=size + p)
+        end = torch.clamp(start + k, max=size + p_end)
         return end - start
 
-    div = areas(oh, sh, kh, ph, H)[:, None] * areas(ow, sw, kw, pw, W)[None, :]
+    div = areas(oh, sh, kh, ph, pbh, H)[:, None] * areas(ow, sw, kw, pw, pbw, W)[None, :]
     return sums / div.to(device=x.device, dtype=x.dtype)
 
 
@@ -206,6 +264,12 @@ class PoolingLayer(Layer):
             pad = (p.pad_h, p.pad_w)
         else:
             pad = (p.pad, p.pad)
+        self.asym_pad = tf_pads(self, p)
+        if self.asym_pad is not None:
+            if p.HasField("pad") or p.HasField("pad_h") or p.HasField("pad_w") or p.global_pooling:
+                raise ProtonetError(f"layer {self.name} (Pooling): give pad_l/pad_r/pad_t/pad_b or pad "
+                                    f"(and not with global_pooling), not both")
+            pad = (self.asym_pad[0], self.asym_pad[2])
         if p.HasField("stride_h") or p.HasField("stride_w"):
             stride = (p.stride_h, p.stride_w)
         else:
@@ -214,21 +278,29 @@ class PoolingLayer(Layer):
             raise ProtonetError(f"layer {self.name} (Pooling): kernel and stride must be positive")
         if p.global_pooling and (pad != (0, 0) or stride != (1, 1)):
             raise ProtonetError(f"layer {self.name} (Pooling): global pooling needs pad 0 and stride 1")
-        if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
+        if self.asym_pad is None and (pad[0] >= kernel[0] or pad[1] >= kernel[1]):
             raise ShapeError(f"layer {self.name} (Pooling): pad {list(pad)} must be smaller than kernel {list(kernel)}")
-        if H + 2 * pad[0] < kernel[0] or W + 2 * pad[1] < kernel[1]:
+        top, bottom, left, right = self.asym_pad or (pad[0], pad[0], pad[1], pad[1])
+        if H + top + bottom < kernel[0] or W + left + right < kernel[1]:
             raise ShapeError(f"layer {self.name} (Pooling): kernel {list(kernel)} larger than the padded bottom "
                              f"{list(shape)}")
         self.kernel, self.stride, self.pad = kernel, stride, pad
+        self.ceil = p.round_mode == P.CEIL if p.HasField("round_mode") else p.ceil_mode
         self.global_pooling = p.global_pooling
         self.top_shapes = [(shape[0], shape[1], *self._out_hw(H, W))]
         if len(param.top) == 2:
             raise ProtonetError(f"layer {self.name} (Pooling): the mask top is not supported")
 
+    def _pad_end(self):
+        return self.pad if self.asym_pad is None else (self.asym_pad[1], self.asym_pad[3])
+
     def _out_hw(self, H, W):
-        any_pad = bool(self.pad[0] or self.pad[1])
-        return (pooled_size(H, self.kernel[0], self.stride[0], self.pad[0], any_pad),
-                pooled_size(W, self.kernel[1], self.stride[1], self.pad[1], any_pad))
+        """Caffe's pooled size; with TF converters' pads (Synopsys Caffe) the pad sum replaces 2 pad
+        and the last window must start before the image's end plus the top/left pad."""
+        (ph, pw), (pbh, pbw) = self.pad, self._pad_end()
+        any_pad = bool(ph or pw or pbh or pbw)
+        return (pooled_size(H, self.kernel[0], self.stride[0], ph, any_pad, pbh, self.ceil),
+                pooled_size(W, self.kernel[1], self.stride[1], pw, any_pad, pbw, self.ceil))
 
     def forward(self, x):
         H, W = x.shape[-2:]
@@ -236,7 +308,7 @@ class PoolingLayer(Layer):
             if self.method == caffe_pb2.PoolingParameter.MAX:
                 return F.adaptive_max_pool2d(x, 1)
             return x.mean(dim=(2, 3), keepdim=True)
-        return caffe_pool2d(x, self.method, self.kernel, self.stride, self.pad, self._out_hw(H, W))
+        return caffe_pool2d(x, self.method, self.kernel, self.stride, self.pad, self._out_hw(H, W), self._pad_end())
 
 
 @register("SPP")

@@ -18,6 +18,7 @@ from protonet import caffe_pb2, sizes
 from protonet.errors import ProtonetError, ShapeError
 from protonet.io.blobs import array_to_blob, blob_to_array
 from protonet.io.caffemodel import read_caffemodel_arrays, write_caffemodel
+from protonet.io.dialects import ignored_fields
 from protonet.io.prototxt import count_layer_blocks, read_prototxt
 from protonet.io.upgrade import upgrade_net
 from protonet.layers.base import NetContext, layer_class
@@ -84,6 +85,9 @@ class Net(nn.Module):
         # V0/V1 layers, old data fields, 3-param BatchNorm, and `input:` fields become an Input layer.
         upgrade_net(param, source=where, input_fields_to_layer=True)
         self.net_param = filter_net(param, state)
+        for reason, names in ignored_fields(self.net_param).items():
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            (log.warning if "quantization" in reason else log.info)("%s (layers %s)", reason, shown)
         self.name = self.net_param.name
         self.force_backward = bool(self.net_param.force_backward)
 
@@ -94,6 +98,7 @@ class Net(nn.Module):
         self.loss_weights = OrderedDict()
         self._steps = []
         self._owners = []          # (layer name, blob index, lr_mult, decay_mult) per owned blob, Caffe order
+        self._indices = {}         # layer name -> index of the first layer of that name
         self._modules_list = nn.ModuleList()
         with sizes.active_budget(budget):
             self._build()
@@ -126,10 +131,8 @@ class Net(nn.Module):
         shapes = self.blob_shapes
         available = OrderedDict()      # blobs not yet consumed: the net's outputs at the end
         shared = {}                     # param name -> (layer name, blob index, ParamSpec of owner)
-        for lparam in self.net_param.layer:
-            name = lparam.name
-            if name in self.layers:
-                raise ProtonetError(f"layer {name}: a second layer has the same name")
+        for index, lparam in enumerate(self.net_param.layer):
+            name = self._layer_key(lparam.name, index)
             check_layer_fields(lparam)
             if not lparam.HasField("phase"):
                 lparam.phase = self.phase
@@ -179,7 +182,7 @@ class Net(nn.Module):
                     self.loss_weights[t] = float(w)
                     log.info("    with loss weight %g", w)
 
-            self._attach_params(layer, lparam, shared)
+            self._attach_params(layer, lparam, shared, name)
             is_input = lparam.type == "Input"
             if is_input:
                 self.input_names.extend(tops)
@@ -188,18 +191,33 @@ class Net(nn.Module):
             self._steps.append(_Step(name, layer, bottoms, tops, detach, is_input))
         self.output_names = sorted(available)
 
-    def _attach_params(self, layer, lparam, shared):
+    def _layer_key(self, name, index):
+        """The key of layer `index` in .layers: its name, or for a second layer of the same name
+        (Caffe accepts them: Net::Init does not check names) NAME#k. Weights named NAME load into
+        the first one, as Caffe's CopyTrainedLayersFrom finds the first layer of a name."""
+        if name not in self.layers:
+            self._indices[name] = index
+            return name
+        k = 1
+        while f"{name}#{k}" in self.layers:
+            k += 1
+        key = f"{name}#{k}"
+        log.warning("layer %d and layer %d are both named '%s' (Caffe accepts this); the second is '%s' here "
+                    "and weights named '%s' load into the first, as in Caffe", self._indices[name], index, name,
+                    key, name)
+        return key
+
+    def _attach_params(self, layer, lparam, shared, name):
         blobs = layer.blobs
-        name = lparam.name
         if len(lparam.param) > len(blobs):
             raise ProtonetError(f"layer {name}: {len(lparam.param)} param specs given but the layer has "
                                 f"{len(blobs)} blobs")
-        if lparam.type == "BatchNorm":
-            for i, spec in enumerate(lparam.param):
+        if lparam.type == "BatchNorm":  # the first three blobs are statistics (then NVCaffe's scale, bias)
+            for i, spec in enumerate(lparam.param[:3]):
                 if spec.lr_mult != 0:
                     raise ProtonetError(f"layer {name}: BatchNorm statistics cannot be learned (param {i} "
                                         f"has lr_mult {spec.lr_mult})")
-            while len(lparam.param) < len(blobs):
+            while len(lparam.param) < min(3, len(blobs)):
                 lparam.param.add().lr_mult = 0
         for i, tensor in enumerate(blobs):
             spec = lparam.param[i] if i < len(lparam.param) else caffe_pb2.ParamSpec()
@@ -384,8 +402,9 @@ class Net(nn.Module):
 
     def save_weights(self, path):
         """Write a .caffemodel (atomically) that Caffe and OpenCV read."""
-        blobs = OrderedDict((n, [t.detach().to("cpu", torch.float32) for t in l.blobs])
-                            for n, l in self.layers.items() if len(l.blobs))
+        # One entry per layer in order: layers may share a name (Caffe writes each with its blobs).
+        blobs = [[t.detach().to("cpu", torch.float32) for t in l.blobs] if len(l.blobs) else None
+                 for l in self.layers.values()]
         write_caffemodel(self.to_proto(with_blobs=False), path, blobs=blobs)
 
     def share_weights_from(self, other):

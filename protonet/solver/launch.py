@@ -14,10 +14,14 @@ import signal
 import socket
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
+from protonet.data.workers import die_with_parent
 from protonet.errors import ProtonetError
 from protonet.solver.logger import install_handler, remove_handlers
-from protonet.solver.signals import SignalHandler
+from protonet.solver.signals import SignalHandler, stop_status
+from protonet.solver.snapshot import Snapshots
 from protonet.solver.solver import Solver, read_solver
 
 # a long test pass on rank 0 keeps the others waiting at their next collective
@@ -34,13 +38,15 @@ class TrainJob:
     snapshot: str | None = None
     sigint_effect: str = "stop"
     sighup_effect: str = "snapshot"
+    sigterm_effect: str = "stop"
+    resume: bool = False            # from the newest complete snapshot pair of the prefix, if any
     max_iter: int | None = None
     log_to_stderr: bool = False     # install the glog-shaped handler (rank 0 only)
     log_path: str | None = None     # and also append the log to this file
 
 
 def run_job(job, on_solver=None):
-    """Build the solver for this process and train; returns the solver."""
+    """Build the solver for this process and train; returns the solver (see exit_status)."""
     handlers = []
     if job.log_to_stderr and job.options.rank == 0:
         handlers = install_handler(path=job.log_path)
@@ -48,19 +54,45 @@ def run_job(job, on_solver=None):
         param = read_solver(job.solver)
         if job.max_iter is not None:
             param.max_iter = int(job.max_iter)
-        with SignalHandler(job.sigint_effect, job.sighup_effect) as signals:
-            solver = Solver(param, job.options, action=signals.check)
-            solver.solver_path = os.fspath(job.solver)
-            if job.snapshot and job.weights:
-                raise ProtonetError("give --snapshot to resume or --weights to finetune, not both")
-            if job.weights:
-                solver.copy_weights(job.weights)
-            if on_solver is not None:
-                on_solver(solver)
-            solver.solve(job.snapshot or None)  # a snapshot is restored inside, as Caffe's Solve(file)
+        if job.snapshot and job.weights:
+            raise ProtonetError("give --snapshot to resume or --weights to finetune, not both")
+        if job.snapshot and job.resume:
+            raise ProtonetError("give --snapshot to resume from a given state or --resume for the newest, not both")
+        with SignalHandler(job.sigint_effect, job.sighup_effect, job.sigterm_effect) as signals:
+            solver = Solver(param, job.options, action=signals.check, solver_path=os.fspath(job.solver))
+            try:
+                resume_file = job.snapshot or (_newest_snapshot(solver) if job.resume else None)
+                if job.weights and not resume_file:
+                    solver.copy_weights(job.weights)
+                if on_solver is not None:
+                    on_solver(solver)
+                solver.solve(resume_file)  # a snapshot is restored inside, as Caffe's Solve(file)
+            finally:
+                solver.stop_signal = signals.stop_signal
+                solver.close()
         return solver
     finally:
         remove_handlers(handlers)
+
+
+def _newest_snapshot(solver):
+    """The state of the newest complete snapshot pair of the solver's prefix (None: start afresh)."""
+    snapshots = Snapshots(solver.param, solver.solver_path)
+    pair = snapshots.newest_pair()
+    if pair is None:
+        solver.log_info("--resume: no complete snapshot pair %s_iter_N: training from the start",
+                        snapshots.prefix)
+        return None
+    solver.log_info("--resume: the newest complete snapshot pair is %s and %s", *pair)
+    return pair[1]
+
+
+def exit_status(solver):
+    """0 when training reached max_iter; 128 + the signal's number when a signal stopped it before
+    (another process's signal, in data-parallel runs: counted as SIGTERM's)."""
+    if not solver.requested_early_exit or solver.progress.iter >= solver.param.max_iter:
+        return 0
+    return stop_status(solver.stop_signal or signal.SIGTERM)
 
 
 def free_port():
@@ -69,9 +101,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def _worker(rank, job, devices, backend, port, result_dir):
-    import torch.distributed as dist
-
+def _worker(rank, job, devices, backend, port, result_dir, parent_pid, status):
+    die_with_parent(parent_pid)  # a killed parent leaves no rank waiting at a collective
     world_size = len(devices)
     device = devices[rank]
     if device.startswith("cuda"):
@@ -81,6 +112,8 @@ def _worker(rank, job, devices, backend, port, result_dir):
     try:
         options = dataclasses.replace(job.options, rank=rank, world_size=world_size, device=device)
         solver = run_job(dataclasses.replace(job, options=options))
+        if rank == 0:
+            status.value = exit_status(solver)
         if result_dir is not None and rank == 0:
             torch.save({"iter": solver.progress.iter,
                         "params": [t.detach().cpu() for t, _, _ in solver.net.learnable_params]},
@@ -89,18 +122,42 @@ def _worker(rank, job, devices, backend, port, result_dir):
         dist.destroy_process_group()
 
 
-def spawn_training(job, devices, backend=None, result_dir=None):
-    """Train with one process per device (['cuda:0', 'cuda:1'] or ['cpu', 'cpu'])."""
-    import torch.multiprocessing as mp
+class _Forwarder:
+    """The parent's SIGTERM goes on to the ranks (Kubernetes signals only the first process);
+    SIGINT and SIGHUP reach them from the terminal themselves, the parent only notes them."""
 
+    def __init__(self):
+        self.processes = []
+        self.got = set()
+
+    def __call__(self, signum, frame):
+        self.got.add(signum)
+        if signum == signal.SIGTERM:
+            for p in self.processes:
+                if p.is_alive():
+                    os.kill(p.pid, signum)
+
+
+def spawn_training(job, devices, backend=None, result_dir=None):
+    """Train with one process per device (['cuda:0', 'cuda:1'] or ['cpu', 'cpu']); returns the exit
+    status (exit_status of rank 0)."""
     if backend is None:
         backend = "nccl" if devices[0].startswith("cuda") else "gloo"
     port = free_port()
-    # the children get Ctrl-C from the terminal themselves and agree on what to do; the parent waits
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    status = mp.get_context("spawn").Value("i", 0)
+    forwarder = _Forwarder()
+    previous = {s: signal.signal(s, forwarder) for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
     try:
-        mp.spawn(_worker, args=(job, devices, backend, port, result_dir), nprocs=len(devices), join=True)
+        context = mp.start_processes(_worker, args=(job, devices, backend, port, result_dir, os.getpid(), status),
+                                     nprocs=len(devices), join=False, start_method="spawn")
+        forwarder.processes = context.processes
+        if signal.SIGTERM in forwarder.got:  # came while the ranks were being started
+            forwarder(signal.SIGTERM, None)
+        while not context.join():
+            pass
     except mp.ProcessExitedException as exc:
+        if forwarder.got and exc.signal_name:  # a rank ended by the signal before it could act on it
+            return stop_status(min(forwarder.got))
         raise ProtonetError(f"data-parallel training: process {exc.error_index} exited with code "
                             f"{exc.exit_code}") from None
     except Exception as exc:  # a worker's exception, re-raised by mp.spawn with its traceback text
@@ -108,13 +165,13 @@ def spawn_training(job, devices, backend=None, result_dir=None):
         last = text[-1] if text else repr(exc)
         raise ProtonetError(f"data-parallel training failed: {last}") from None
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return status.value
 
 
 def run_under_torchrun(job, rank, world_size, local_rank):
     """Train as one of torchrun's processes (rank, world size and local rank as torchrun set them)."""
-    import torch.distributed as dist
-
     if torch.cuda.is_available():
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)

@@ -5,16 +5,22 @@ HDF5 (.caffemodel.h5 / .solverstate.h5). HDF5 layouts as Caffe writes them: weig
 `data` (and `diff` with snapshot_diff), one group per layer holding datasets "0", "1", ... in blob
 order (only blobs a layer owns, as Net::ToHDF5); solver state as datasets iter, learned_net,
 current_step, iter_last_event, minimum_loss and group `history` with "0".."n-1".
-Every file is written to a temporary name beside its final one and renamed.
+A snapshot is a pair: the model is written first, then the state naming it, each to a temporary
+name beside its final one and renamed (io/atomic.py). When either cannot be written (a full disk,
+a quota, a read-only or forbidden directory) the new model is removed again: the newest complete
+pair is still the previous one, and the error is one line with the path and the space needed.
 """
+import contextlib
 import dataclasses
 import os
+import re
 
 import numpy as np
 import torch
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
+from protonet.io.atomic import WriteError, atomic_path, remove_stale, write_error
 from protonet.io.blobs import array_to_blob
 from protonet.io.caffemodel import write_caffemodel
 from protonet.io.solverstate import (make_solverstate, read_solverstate, solverstate_history_arrays,
@@ -41,12 +47,16 @@ class Snapshots:
     def hdf5(self):
         return self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
 
-    def filename(self, iteration, extension):
+    @property
+    def prefix(self):
         prefix = self.param.snapshot_prefix
         if not prefix and self.solver_path:
             # newer Caffe: default prefix is the solver file name without extension
             prefix = os.path.splitext(self.solver_path)[0]
-        return f"{prefix}_iter_{iteration}{extension}"
+        return prefix
+
+    def filename(self, iteration, extension):
+        return f"{self.prefix}_iter_{iteration}{extension}"
 
     def check_writable(self):
         """Caffe's CheckSnapshotWritePermissions, at start rather than after hours of training
@@ -65,22 +75,67 @@ class Snapshots:
             raise ProtonetError(f"snapshot_prefix '{p.snapshot_prefix}': cannot write snapshots in {directory} "
                                 f"({exc.strerror})") from None
 
+    def remove_stale(self, log):
+        """Remove the temporaries of this prefix's snapshots that a killed run left behind."""
+        directory = os.path.dirname(os.path.abspath(self.filename(0, "")))
+        names = re.escape(os.path.basename(self.prefix)) + r"_iter_\d+\.(?:caffemodel|solverstate)(?:\.h5)?"
+        removed = remove_stale(directory, names)
+        if removed:
+            log.info("Removed %d unfinished snapshot file(s) of an interrupted run: %s", len(removed),
+                     ", ".join(os.path.basename(r) for r in removed))
+        return removed
+
+    def newest_pair(self):
+        """(caffemodel, solverstate) of the highest iteration whose state and model both exist, or None."""
+        directory = os.path.dirname(os.path.abspath(self.filename(0, "")))
+        base = os.path.basename(self.prefix)
+        pattern = re.compile(re.escape(base) + r"_iter_(\d+)\.solverstate(\.h5)?$")
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return None
+        pairs = []
+        for name in names:
+            m = pattern.match(name)
+            if not m:
+                continue
+            state = os.path.join(directory, name)
+            model = state[:-len(".solverstate" + (m.group(2) or ""))] + ".caffemodel" + (m.group(2) or "")
+            if os.path.isfile(model):
+                pairs.append((int(m.group(1)), bool(m.group(2)), model, state))
+        if not pairs:
+            return None
+        _, _, model, state = max(pairs)
+        return model, state
+
     def write(self, net, updater, progress, log):
-        """Write the pair for `progress.iter`: the weights of `net`, then the state naming them."""
-        if self.hdf5:
-            model = self.filename(progress.iter, ".caffemodel.h5")
-            log.info("Snapshotting to HDF5 file %s", model)
-            write_weights_h5(net, model, with_diff=self.param.snapshot_diff)
-            state_path = self.filename(progress.iter, ".solverstate.h5")
-            log.info("Snapshotting solver state to HDF5 file %s", state_path)
-            write_state_h5(state_path, progress, model, updater.history_arrays())
-            return model, state_path
-        model = self.filename(progress.iter, ".caffemodel")
-        log.info("Snapshotting to binary proto file %s", model)
-        _write_caffemodel(net, model, with_diff=self.param.snapshot_diff)
-        state_path = self.filename(progress.iter, ".solverstate")
-        log.info("Snapshotting solver state to binary proto file %s", state_path)
-        write_solverstate(solver_state(progress, model, ()), state_path, history=updater.history_arrays())
+        """Write the pair for `progress.iter`: the weights of `net`, then the state naming them.
+        Either both files are there afterwards, or neither (and a WriteError says why)."""
+        ext = ".h5" if self.hdf5 else ""
+        model = self.filename(progress.iter, ".caffemodel" + ext)
+        state_path = self.filename(progress.iter, ".solverstate" + ext)
+        kind = "HDF5 file" if self.hdf5 else "binary proto file"
+        written = []
+        try:
+            log.info("Snapshotting to %s %s", kind, model)
+            if self.hdf5:
+                write_weights_h5(net, model, with_diff=self.param.snapshot_diff)
+            else:
+                _write_caffemodel(net, model, with_diff=self.param.snapshot_diff)
+            written.append(model)
+            log.info("Snapshotting solver state to %s %s", kind, state_path)
+            if self.hdf5:
+                write_state_h5(state_path, progress, model, updater.history_arrays())
+            else:
+                write_solverstate(solver_state(progress, model, ()), state_path, history=updater.history_arrays())
+        except BaseException as exc:
+            for path in written:  # half a pair is no snapshot: the previous pair stays the newest
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            if isinstance(exc, WriteError) and exc.errno is not None:
+                needed = _pair_bytes(net, updater, self.param.snapshot_diff)
+                raise write_error(OSError(exc.errno, os.strerror(exc.errno)), exc.path, needed) from None
+            raise
         return model, state_path
 
     @staticmethod
@@ -88,6 +143,11 @@ class Snapshots:
         """The SavedState of a .solverstate or .solverstate.h5; its learned_net resolved to a file
         that exists (the snapshot directory may have moved: then the weights beside the state)."""
         state_file = os.fspath(state_file)
+        if state_file.endswith((".caffemodel", ".caffemodel.h5")):
+            raise ProtonetError(f"{state_file}: is a model, not a solver state: give its .solverstate to "
+                                "resume, or --weights to finetune from it")
+        if not os.path.isfile(state_file):
+            raise ProtonetError(f"{state_file}: no such solver state")
         if state_file.endswith(".h5"):
             fields, history = read_state_h5(state_file)
             learned = fields.pop("learned_net")
@@ -102,7 +162,8 @@ class Snapshots:
         if learned and not os.path.exists(learned):
             beside = stem + model_ext
             if not os.path.exists(beside):
-                raise ProtonetError(f"{state_file}: its learned_net '{learned}' does not exist (nor does {beside})")
+                raise ProtonetError(f"{state_file}: incomplete snapshot pair: its model '{learned}' does not "
+                                    f"exist (nor does {beside})")
             learned = beside
         return SavedState(fields, history, learned or None)
 
@@ -113,6 +174,15 @@ def solver_state(progress, model_filename, history):
     state.iter_last_event = progress.iter_last_event
     state.minimum_loss = progress.minimum_loss
     return state
+
+
+def _pair_bytes(net, updater, with_diff):
+    """About the bytes a snapshot pair takes: 4 per value of every blob (twice with diffs) and of
+    the history, the net definition, and a little per blob."""
+    blobs = [t for layer in net.layers.values() for t in layer.blobs]
+    values = sum(t.numel() for t in blobs) * (2 if with_diff else 1) + sum(h.numel() for h in updater.rule.history)
+    definition = net.to_proto(with_blobs=False).ByteSize()
+    return 4 * values + definition + 32 * (len(blobs) + len(updater.rule.history)) + 256
 
 
 def _write_caffemodel(net, path, with_diff=False):
@@ -148,14 +218,14 @@ def _h5py():
 def _write_h5(path, fill):
     """Write an HDF5 file through a temporary name and a rename: `fill(h5py.File)`."""
     h5py = _h5py()
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             fill(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        fd = os.open(tmp, os.O_RDONLY)  # on disk before the rename, as atomic_open's files
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_weights_h5(net, path, with_diff=False):

@@ -23,9 +23,12 @@ from protonet import caffe_pb2
 from protonet.errors import ProtonetError
 from protonet.io.prototxt import read_prototxt, read_solver_prototxt
 from protonet.layers.base import NetContext
+from protonet.net.net import Net
 from protonet.solver import parallel, testing
 from protonet.solver.debug import DebugInfo
 from protonet.solver.logger import format_float, get_logger
+from protonet.solver.progress import TrainingClock
+from protonet.solver.scalars import ScalarLog
 from protonet.solver.lr_policy import Progress, check_policy, learning_rate
 from protonet.solver.signals import NONE, SNAPSHOT, STOP
 from protonet.solver.snapshot import Snapshots, weights_source
@@ -59,6 +62,8 @@ class RunOptions:
     max_memory: int | None = None      # bytes a net may need when built (None: the machine's memory)
     strict_data: bool = False          # a corrupt or bad record is an error, not skipped with a warning
     strict_weights: bool = False       # --weights of which no layer matches the net are an error
+    progress_bars: bool = False       # test passes draw a bar (stderr is a terminal), else log lines
+    tensorboard_dir: str | None = None  # also write the log's numbers as TensorBoard scalars here
 
 
 def read_solver(source):
@@ -75,13 +80,16 @@ def read_solver(source):
 class Solver:
     """Caffe's SGDSolver family on protonet nets.
 
-    `param`: SolverParameter or path of a solver prototxt. `action`: a callable returning
-    NONE/STOP/SNAPSHOT, asked after every iteration and before every test batch (signals).
+    `param`: SolverParameter or path of a solver prototxt (`solver_path`: the file a message came
+    from). `action`: a callable returning NONE/STOP/SNAPSHOT, asked after every iteration and
+    before every test batch (signals).
     """
 
-    def __init__(self, param, options=None, action=None, net_factory=None):
+    def __init__(self, param, options=None, action=None, net_factory=None, solver_path=None):
         self.param = read_solver(param)
-        self.solver_path = None if isinstance(param, caffe_pb2.SolverParameter) else os.fspath(param)
+        if solver_path is None and not isinstance(param, caffe_pb2.SolverParameter):
+            solver_path = os.fspath(param)
+        self.solver_path = solver_path  # names the snapshots when the solver has no snapshot_prefix
         self.options = options or RunOptions()
         self.action = action
         self.is_root = self.options.rank == 0
@@ -105,17 +113,37 @@ class Solver:
             random.seed(s)
         self.net = self._init_train_net()
         self.test_nets = self._init_test_nets() if self.is_root else []
-        self.updater = Updater(p, self.net.learnable_params, log=self._info)
+        self.updater = Updater(p, self.net.learnable_params, log=self.log_info)
         self.progress = Progress()
         self.smoothed_loss = _f32(0)
         self.losses = []
         self.requested_early_exit = False
+        self.stop_signal = None      # the signal whose effect stopped training (set by launch.run_job)
         self.last_snapshot = None
         self._scaler = LossScaler() if self.options.amp == "fp16" else None
         self._skip_batches = 0
+        self.rate = None
+        self.clock = TrainingClock(self.net, self._images_per_iter(), p.max_iter, p.test_interval)
+        self.scalars = None
         if self.is_root:
-            Snapshots(self.param, self.solver_path).check_writable()
+            snapshots = Snapshots(self.param, self.solver_path)
+            snapshots.check_writable()
+            snapshots.remove_stale(log)
+            if self.options.tensorboard_dir:
+                self.scalars = ScalarLog(self.options.tensorboard_dir)
             log.info("Solver scaffolding done.")
+
+    def _images_per_iter(self):
+        """Images one iteration trains on over every process (0 when the net has no data layer)."""
+        batch = next((layer.top_shapes[0][0] for layer in self.net.layers.values()
+                      if layer.is_data and layer.top_shapes and layer.top_shapes[0]), 0)
+        return int(batch) * self.param.iter_size * self.options.world_size
+
+    def close(self):
+        """Flush and close what the solver writes beside its snapshots (TensorBoard scalars)."""
+        if self.scalars is not None:
+            self.scalars.close()
+            self.scalars = None
 
     # ------------------------------------------------------------------ nets
     def _context(self, phase):
@@ -128,8 +156,6 @@ class Solver:
     def _make_net(self, net_param, phase, source=None):
         factory = self._net_factory
         if factory is None:
-            from protonet.net.net import Net
-
             factory = Net
         net = factory(net_param, phase=phase, ctx=self._context(phase))
         if source:
@@ -250,7 +276,8 @@ class Solver:
             skip_data(self.net, self._skip_batches)
 
     # ------------------------------------------------------------------ running
-    def _info(self, msg, *args):
+    def log_info(self, msg, *args):
+        """An info line, from the root process only."""
         if self.is_root:
             log.info(msg, *args)
 
@@ -290,8 +317,10 @@ class Solver:
 
     def _display_outputs(self, blobs, kind="Train"):
         index = 0
+        outputs = {}
         for name in self.net.output_names:
             values = blobs[name].detach().float().cpu().numpy().ravel()
+            outputs[name] = values.tolist()
             weight = self.net.loss_weights.get(name, 0.0)
             for v in values:
                 suffix = ""
@@ -299,6 +328,7 @@ class Solver:
                     suffix = f" (* {format_float(weight)} = {format_float(_f32(weight) * _f32(v))} loss)"
                 log.info("    %s net output #%d: %s = %s%s", kind, index, name, format_float(v), suffix)
                 index += 1
+        return outputs
 
     def step(self, iters):
         p = self.param
@@ -306,13 +336,15 @@ class Solver:
         stop_iter = start_iter + iters
         self.losses = []
         self.smoothed_loss = _f32(0)
-        timer_start, timer_iter = time.perf_counter(), start_iter
+        self.clock.restart(start_iter)
         while self.progress.iter < stop_iter:
             it = self.progress.iter
             self.net.zero_grad(set_to_none=True)
             if (p.test_interval and it % p.test_interval == 0 and (it > 0 or p.test_initialization)
                     and self.is_root):
+                test_start = time.perf_counter()
                 self.test_all()
+                self.clock.tested(time.perf_counter() - test_start)
                 if self.requested_early_exit:
                     break
             display = bool(p.display) and it % p.display == 0
@@ -337,17 +369,14 @@ class Solver:
             if bad:
                 self._diverged(it, loss)
             self._update_smoothed_loss(loss, start_iter)
+            outputs = None
             if display and self.is_root:
                 log.info("Iteration %d, loss = %s", it, format_float(self.smoothed_loss))
-                self._display_outputs(blobs)
+                outputs = self._display_outputs(blobs)
             self._apply_update(display)
             self.progress.iter += 1
-            if display and self.is_root and self.progress.iter > timer_iter + 1:
-                elapsed = time.perf_counter() - timer_start
-                n = self.progress.iter - timer_iter
-                log.info("Speed: %.3g iter/s, %.4g s/iter over iterations %d to %d", n / elapsed, elapsed / n,
-                         timer_iter, self.progress.iter - 1)
-                timer_start, timer_iter = time.perf_counter(), self.progress.iter
+            if display and self.is_root:
+                self._after_display(it, outputs)
             request = self.request()
             if (self.is_root and p.snapshot and self.progress.iter % p.snapshot == 0) or request == SNAPSHOT:
                 if self.is_root:
@@ -356,13 +385,28 @@ class Solver:
                 self.requested_early_exit = True
                 break
 
+    def _after_display(self, it, outputs):
+        """The line after Caffe's display lines (speed, data wait, time left) and the scalars."""
+        speed = {}
+        if self.progress.iter > self.clock.iter + 1:  # a whole interval to measure
+            line, speed = self.clock.report(self.progress.iter)
+            log.info("%s", line)
+        if self.scalars is not None:
+            self.scalars.add("train/smoothed_loss", self.smoothed_loss, it)
+            self.scalars.outputs("train", outputs, it)
+            self.scalars.add("train/lr", self.rate, it)
+            for name in ("images_per_s", "data_wait"):
+                if name in speed:
+                    self.scalars.add(f"speed/{name}", speed[name], it)
+
     def _apply_update(self, display):
-        rate = learning_rate(self.param, self.progress, self.smoothed_loss, log=self._info)
+        rate = learning_rate(self.param, self.progress, self.smoothed_loss, log=self.log_info)
+        self.rate = rate
         if display:
-            self._info("Iteration %d, lr = %s", self.progress.iter, format_float(rate))
+            self.log_info("Iteration %d, lr = %s", self.progress.iter, format_float(rate))
         if self._scaler is not None:
             if not self._scaler.unscale(self.updater.blobs):
-                self._info("Iteration %d, fp16 gradients overflowed: update skipped, loss scale %g",
+                self.log_info("Iteration %d, fp16 gradients overflowed: update skipped, loss scale %g",
                            self.progress.iter, self._scaler.scale_value)
                 return
         self.updater.apply(rate, self.progress.iter)
@@ -393,21 +437,26 @@ class Solver:
         if p.snapshot_after_train and (not p.snapshot or self.progress.iter % p.snapshot != 0) and self.is_root:
             self.snapshot()
         if self.requested_early_exit:
-            self._info("Optimization stopped early.")
+            self.log_info("Optimization stopped early.")
             return
         if p.display and self.progress.iter % p.display == 0:
             with torch.no_grad(), self.autocast():
                 self.net.train()
                 loss = _f32(self.net.loss(self.net(**{})).float().item())
             self._update_smoothed_loss(loss, start_iter)
-            self._info("Iteration %d, loss = %s", self.progress.iter, format_float(self.smoothed_loss))
+            self.log_info("Iteration %d, loss = %s", self.progress.iter, format_float(self.smoothed_loss))
         if p.test_interval and self.progress.iter % p.test_interval == 0 and self.is_root:
             self.test_all()
-        self._info("Optimization Done.")
+        self.log_info("Optimization Done.")
 
     # ------------------------------------------------------------------ testing
     def test_all(self):
-        return testing.test_all(self)
+        results = testing.test_all(self)
+        if self.scalars is not None:
+            for i, outputs in enumerate(results):
+                if outputs is not None:
+                    self.scalars.outputs("test" if len(results) == 1 else f"test{i}", outputs, self.progress.iter)
+        return results
 
 
 # ---------------------------------------------------------------------- helpers

@@ -10,6 +10,7 @@ import torch
 from protonet.errors import ProtonetError
 from protonet.eval.voc import DetectionAccumulator
 from protonet.solver.logger import format_float, get_logger
+from protonet.solver.progress import track
 from protonet.solver.signals import NONE, SNAPSHOT, STOP
 
 log = get_logger("solver")
@@ -38,7 +39,8 @@ def _test_batches(solver, test_id):
     net = solver.test_nets[test_id]
     net.share_weights_from(solver.net)
     net.eval()
-    for _ in range(solver.param.test_iter[test_id]):
+    total = solver.param.test_iter[test_id]
+    for _ in track(range(total), total, f"Test net #{test_id}", log.info, solver.options.progress_bars):
         # only the root tests: ask the local handler, without a collective call
         request = solver.request(collective=False)
         while request != NONE:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from protonet.errors import ProtonetError
+from protonet.solver.logger import format_float
 
 _f32 = np.float32
 
@@ -169,7 +170,7 @@ class Updater:
         if norm > clip:
             factor = _f32(clip) / norm
             if self.log is not None:
-                from protonet.solver.logger import format_float as ff
+                ff = format_float
                 self.log(f"Gradient clipping: scaling down gradients (L2 norm {ff(norm)} > {ff(clip)}) "
                          f"by scale factor {ff(factor)}")
             for d in diffs:

@@ -40,9 +40,13 @@ def _layer_type_params():
         if field.name.endswith("_param") and field.message_type is not None:
             type_name = field.message_type.name
             if type_name.endswith("Parameter"):
-                table[type_name[: -len("Parameter")]] = field.name
-    # Deconvolution is configured by a ConvolutionParameter.
-    table["Deconvolution"] = table["Convolution"]
+                # the first field of a message type names it (relu_param, not the ports' relu6_param)
+                table.setdefault(type_name[: -len("Parameter")], field.name)
+    # Deconvolution and the ports' depthwise convolutions are configured by a ConvolutionParameter;
+    # the ports' ReLU6 by relu6_param (a ReLUParameter).
+    for type_name in ("Deconvolution", "DepthwiseConvolution", "ConvolutionDepthwise"):
+        table[type_name] = table["Convolution"]
+    table["ReLU6"] = "relu6_param"
     return table
 
 

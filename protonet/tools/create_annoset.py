@@ -29,11 +29,9 @@ import io
 import logging
 import os
 import random
-import shutil
 import xml.etree.ElementTree as ET
 
 import cv2
-import lmdb
 import numpy as np
 
 from protonet import caffe_pb2
@@ -43,10 +41,10 @@ from protonet.io.json_files import check_box, load_coco
 from protonet.io.json_files import read_json as read_json_file
 from protonet.io.prototxt import read_bytes, read_utf8_lines
 from protonet.io.labelmap import map_name_to_label, read_labelmap
+from protonet.tools.lmdb_writer import NewLmdb
 
 log = logging.getLogger("protonet.create_annoset")
 F32 = np.float32
-COMMIT_EVERY = 1000
 
 
 class LineError(ProtonetError):
@@ -109,6 +107,7 @@ def image_to_datum(path, label, opts, datum):
     else:
         hwc = img if img.ndim == 3 else img[:, :, None]
         datum.data = np.ascontiguousarray(hwc.transpose(2, 0, 1)).tobytes()
+        datum.encoded = False  # Caffe's CVMatToDatum sets it: the record carries `encoded: false`
     return img
 
 
@@ -387,10 +386,7 @@ def create_annoset(root, list_file, out_db, anno_type="classification", label_ty
             raise ProtonetError(f"{label_map_file}: label map file does not exist")
         name_to_label = map_name_to_label(read_labelmap(label_map_file), strict=check_label,
                                           source=label_map_file)
-    out_db = os.path.normpath(out_db)
-    if os.path.exists(out_db):
-        if not redo:
-            raise ProtonetError(f"{out_db} already exists; give --redo to recreate it")
+    db = NewLmdb(out_db, redo, log=log)
     entries = read_list(list_file, anno_type, label_type)
     if shuffle:
         log.info("Shuffling data")
@@ -399,15 +395,8 @@ def create_annoset(root, list_file, out_db, anno_type="classification", label_ty
     opts = dict(resize_height=max(0, resize_height), resize_width=max(0, resize_width),
                 min_dim=max(0, min_dim), max_dim=max(0, max_dim), gray=gray,
                 encode_type=encode_type, encoded=encoded or bool(encode_type))
-
-    parent = os.path.dirname(out_db) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(out_db)}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    env = lmdb.open(tmp, map_size=1 << 40, subdir=True, meminit=False, map_async=True)
-    written, skipped, data_size = 0, [], None
-    try:
-        txn = env.begin(write=True)
+    skipped, data_size = [], None
+    with db:
         for line_id, (lineno, image, label) in enumerate(progress(entries) if progress else entries):
             where = f"{list_file}:{lineno}"
             anno_datum = caffe_pb2.AnnotatedDatum()
@@ -433,25 +422,8 @@ def create_annoset(root, list_file, out_db, anno_type="classification", label_ty
                     data_size = size
                 elif size != data_size:
                     raise ProtonetError(f"{where}: data size {size} differs from {data_size}")
-            txn.put(f"{line_id:08d}_{image}".encode(), anno_datum.SerializeToString())
-            written += 1
-            if written % COMMIT_EVERY == 0:
-                txn.commit()
-                txn = env.begin(write=True)
-                log.info("Processed %d files.", written)
-        txn.commit()
-        if written % COMMIT_EVERY:
-            log.info("Processed %d files.", written)
-        env.sync(True)
-    except BaseException:
-        env.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    env.close()
-    if os.path.exists(out_db):
-        shutil.rmtree(out_db)
-    os.rename(tmp, out_db)
-    return written, skipped
+            db.put(f"{line_id:08d}_{image}", anno_datum.SerializeToString())
+    return db.count, skipped
 
 
 def _read_labels(label, label_type, root, image_path, list_file, name_to_label, anno_datum,

@@ -33,6 +33,7 @@ from protonet import caffe_pb2
 from protonet.data.pipeline import sample_processor
 from protonet.data.records import Sample, read_image_file
 from protonet.errors import ProtonetError
+from protonet.io.atomic import atomic_open, atomic_write_image, remove_stale
 from protonet.io.labelmap import label_names
 from protonet.io.prototxt import parse_prototxt, read_prototxt
 from protonet.layers.base import LAYERS, NetContext
@@ -273,9 +274,11 @@ def run_detect(model, weights, inputs, out_dir, labelmap=None, threshold=0.5, de
         log(f"detect: transform from {detector.transform_source}: "
             f"{' '.join(str(detector.transform_param).split())}")
     os.makedirs(out_dir, exist_ok=True)
+    # what a killed run left: the temporaries of detections.jsonl and of the drawn images
+    remove_stale(out_dir, r"detections\.jsonl|.+(?i:" + "|".join(re.escape(e) for e in IMAGE_EXTENSIONS) + ")")
     used, records, skipped = set(), [], []
     jsonl = os.path.join(out_dir, "detections.jsonl")
-    with open(jsonl + ".tmp", "w") as fh:
+    with atomic_open(jsonl, "w") as fh:  # a killed run leaves no half file under the final name
         for path in (progress(images) if progress else images):
             try:
                 img = detector.read(path)
@@ -284,13 +287,12 @@ def run_detect(model, weights, inputs, out_dir, labelmap=None, threshold=0.5, de
                 skipped.append(str(exc))
                 continue
             dets = detector.detect(img, key=path, threshold=threshold)
-            cv2.imwrite(os.path.join(out_dir, _output_name(path, used)), draw(img, dets, detector.names))
+            atomic_write_image(os.path.join(out_dir, _output_name(path, used)), draw(img, dets, detector.names))
             for det in dets:
                 record = {"image": path, "class": det["class"], "label": det["label"], "score": round(det["score"], 6),
                           "box": det["box"]}
                 fh.write(json.dumps(record) + "\n")
                 records.append(record)
-    os.replace(jsonl + ".tmp", jsonl)
     return images, records, skipped
 
 

@@ -23,7 +23,7 @@ import torch
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
 from protonet.eval.voc import AP_VERSIONS, DetectionAccumulator
-from protonet.io.labelmap import label_names, map_label_to_name, read_labelmap
+from protonet.io.labelmap import label_names
 from protonet.io.name_size import read_name_size
 from protonet.layers.base import NetContext
 from protonet.net import Net
@@ -95,7 +95,7 @@ class CocoCollector:
         by_cat_name = {c["name"]: c["id"] for c in cats.values()}
         self.category = {}
         self.labelmap = labelmap_path
-        for label, name in map_label_to_name(read_labelmap(labelmap_path), strict=False, source=labelmap_path).items():
+        for label, name in label_names(labelmap_path).items():
             if name.isdigit() and int(name) in cats:
                 self.category[label] = int(name)
             elif name in by_cat_name:

@@ -1,4 +1,4 @@
-"""`protonet parse-log` and `protonet plot-log`: Caffe's training-log tools.
+"""Caffe's training-log tools: the tables of `protonet parse-log`, read by `plot-log` too.
 
 parse-log writes the two CSV tables of Caffe's tools/extra/parse_log.py (LOG.train and LOG.test:
 NumIters, Seconds, LearningRate, then one column per net output) by the same rules: the iteration
@@ -8,20 +8,17 @@ One deviation: a table with a single row (one test pass) keeps it; Caffe's scrip
 Both glog date shapes are read: `I1122 03:53:12.386420` (year from the file's time, as Caffe's
 extract_seconds.py does) and newer glog's `I20261122 03:53:12.386420`.
 
-plot-log draws train loss, learning rate and the test outputs (mAP) against iterations into one
-PNG, with matplotlib when it is installed and with OpenCV's drawing otherwise.
+The plots of `plot-log` are drawn by protonet.tools.plot.
 """
 import csv
 import datetime
-import math
 import os
 import re
 from collections import OrderedDict
 
-import cv2
-import numpy as np
 
 from protonet.errors import ProtonetError
+from protonet.io.atomic import atomic_open, atomic_write_image
 
 ITERATION = re.compile(r"Iteration (\d+)")
 TRAIN_OUTPUT = re.compile(r"Train net output #(\d+): (\S+) = ([\.\deE+-]+)")
@@ -113,99 +110,9 @@ def write_tables(log_path, out_dir, train, test, delimiter=","):
         if not rows:
             continue
         name = os.path.join(out_dir, base + suffix)
-        with open(name, "w", newline="") as fh:
+        with atomic_open(name, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()), dialect=csv.excel, delimiter=delimiter)
             writer.writeheader()
             writer.writerows(rows)
         written.append(name)
     return written
-
-
-# ---------------------------------------------------------------------- plotting
-
-def plot_series(train, test):
-    """The series to plot: [(title, [(label, xs, ys)])]."""
-    panels = []
-    loss_keys = [k for k in (train[0].keys() if train else []) if k not in ("NumIters", "Seconds", "LearningRate")]
-    panels.append(("train loss", [(k, [r["NumIters"] for r in train], [r.get(k, math.nan) for r in train])
-                                  for k in loss_keys]))
-    panels.append(("learning rate", [("lr", [r["NumIters"] for r in train], [r["LearningRate"] for r in train])]))
-    test_keys = [k for k in (test[0].keys() if test else []) if k not in ("NumIters", "Seconds", "LearningRate")]
-    panels.append(("test outputs (mAP)", [(k, [r["NumIters"] for r in test], [r.get(k, math.nan) for r in test])
-                                          for k in test_keys]))
-    return panels
-
-
-def plot_png(panels, path, title=""):
-    try:
-        import matplotlib  # noqa: F401  (an optional extra: OpenCV draws the plot without it)
-    except ImportError:
-        return _plot_opencv(panels, path, title)
-    return _plot_matplotlib(panels, path, title)
-
-
-def _plot_matplotlib(panels, path, title):
-    import matplotlib  # optional extra, see plot_png
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3 * len(panels)), sharex=True)
-    for ax, (name, series) in zip(np.atleast_1d(axes), panels):
-        for label, xs, ys in series:
-            ax.plot(xs, ys, label=label)
-        ax.set_title(name)
-        if series:
-            ax.legend(loc="best")
-    np.atleast_1d(axes)[-1].set_xlabel("iterations")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-_COLORS = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148), (75, 86, 140)]
-
-
-def _plot_opencv(panels, path, title):
-    width, panel_h, margin = 900, 260, 70
-    img = np.full((panel_h * len(panels) + 40, width, 3), 255, np.uint8)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    if title:
-        cv2.putText(img, title, (margin, 25), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-    for p, (name, series) in enumerate(panels):
-        top = 40 + p * panel_h
-        x0, x1, y0, y1 = margin, width - 20, top + 25, top + panel_h - 35
-        cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
-        cv2.putText(img, name, (x0, top + 18), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-        pts = [(np.asarray(xs, float), np.asarray(ys, float)) for _, xs, ys in series]
-        allx = np.concatenate([x for x, _ in pts]) if pts else np.zeros(0)
-        ally = np.concatenate([y for _, y in pts]) if pts else np.zeros(0)
-        ok = np.isfinite(ally)
-        if not ok.any():
-            cv2.putText(img, "no data", (x0 + 10, (y0 + y1) // 2), font, 0.5, (120, 120, 120), 1, cv2.LINE_AA)
-            continue
-        xmin, xmax = float(allx.min()), float(allx.max())
-        ymin, ymax = float(ally[ok].min()), float(ally[ok].max())
-        if xmax == xmin:
-            xmax = xmin + 1
-        if ymax == ymin:
-            ymax = ymin + (abs(ymin) or 1) * 0.1
-        for value, yy in ((ymax, y0), (ymin, y1)):
-            cv2.putText(img, f"{value:.3g}", (5, yy + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-        for value, xx in ((xmin, x0), (xmax, x1 - 40)):
-            cv2.putText(img, f"{value:g}", (xx, y1 + 15), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-        for k, ((label, _, _), (xs, ys)) in enumerate(zip(series, pts)):
-            color = _COLORS[k % len(_COLORS)]
-            good = np.isfinite(ys)
-            px = x0 + (xs[good] - xmin) / (xmax - xmin) * (x1 - x0)
-            py = y1 - (ys[good] - ymin) / (ymax - ymin) * (y1 - y0)
-            poly = np.stack([px, py], 1).round().astype(np.int32)
-            if len(poly) == 1:
-                cv2.circle(img, tuple(int(v) for v in poly[0]), 3, color, -1)
-            else:
-                cv2.polylines(img, [poly], False, color, 2, cv2.LINE_AA)
-            cv2.putText(img, label, (x1 - 200, y0 + 18 + 16 * k), font, 0.45, color, 1, cv2.LINE_AA)
-    if not cv2.imwrite(os.fspath(path), img):
-        raise ProtonetError(f"{path}: cannot write the PNG")

@@ -8,7 +8,7 @@ quickstart doubles as a walk through the tools:
     protonet make-shapes data/shapes
     protonet create-annoset ... data/shapes/trainval.txt data/shapes/lmdb/shapes_trainval_lmdb
     protonet create-annoset ... data/shapes/test.txt     data/shapes/lmdb/shapes_test_lmdb
-    protonet gen examples/quickstart/ssd_shapes.py --root ROOT
+    protonet gen ssd_shapes --root ROOT     (examples/quickstart/ssd_shapes.py, bundled)
     protonet train --solver models/quickstart/ssd_shapes_128x128/solver.prototxt
     protonet test  --model .../test.prototxt --weights .../shapes_ssd_shapes_128x128_iter_N.caffemodel
     protonet detect --model .../deploy.prototxt --weights ... IMAGES --out results/detections
@@ -24,8 +24,8 @@ from protonet import caffe_pb2
 from protonet.errors import ProtonetError
 from protonet.io.prototxt import read_prototxt, write_prototxt
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(REPO, "examples", "quickstart", "ssd_shapes.py")
+# The NetSpec script, by its bundled name (protonet.resources): found in a checkout and in a wheel.
+SCRIPT = "ssd_shapes"
 DATA_DIR = "data/shapes"
 JOB_NAME = "ssd_shapes_128x128"
 MODEL_DIR = f"models/quickstart/{JOB_NAME}"

@@ -1,4 +1,6 @@
 """Caffe's `caffe test`: score a model over N batches, mean of every output, mAP of detection outputs."""
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -7,17 +9,20 @@ from protonet.eval.voc import DetectionAccumulator
 from protonet.layers.base import NetContext
 from protonet.net.net import Net
 from protonet.solver.logger import format_float, get_logger
+from protonet.solver.progress import track
 
 log = get_logger("caffe")
 
 
 def score_model(model, weights, iterations, device="cpu", level=0, stages=(), ap_version="11point",
-                per_class=False, allow_python_layers=False, max_memory=None, strict_data=False,
-                strict_weights=False):
+                per_class=False, ctx=None, progress_bar=False, strict_weights=False):
     """Caffe's test(): mean of every output over `iterations` batches; mAP for detection outputs.
-    Returns {output name: mean values or (mAP, {label: AP})}."""
-    ctx = NetContext(phase=caffe_pb2.TEST, allow_python_layers=allow_python_layers, max_memory=max_memory,
-                     strict_data=strict_data)
+    `ctx` is the NetContext of the TEST net (its options). A net whose outputs are all detection
+    rows (Caffe logs nothing per batch for them) shows its progress: a bar with `progress_bar`,
+    else a log line every tenth of the pass. `strict_weights`: weights matching no layer are an error. Returns {output name: mean values or (mAP, {label: AP})}."""
+    ctx = ctx or NetContext(phase=caffe_pb2.TEST)
+    # Result files the test net's DetectionOutput asks for are part of what `test` produces.
+    ctx = dataclasses.replace(ctx, result_files_required=True)
     net = Net(model, phase="TEST", stages=stages, level=level, ctx=ctx)
     net.to(device)
     net.load_weights(weights, strict=strict_weights)
@@ -31,7 +36,10 @@ def score_model(model, weights, iterations, device="cpu", level=0, stages=(), ap
     accumulators = {n: DetectionAccumulator() for n in detection_outputs}
     sums = {}
     loss = np.float32(0)
-    for i in range(iterations):
+    steps = range(iterations)
+    if detection_outputs and detection_outputs == set(net.output_names):
+        steps = track(steps, iterations, "Test", log.info, progress_bar)
+    for i in steps:
         with torch.no_grad():
             blobs = net()
             iter_loss = np.float32(net.loss(blobs).float().item())

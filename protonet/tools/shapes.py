@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from protonet.errors import ProtonetError
+from protonet.io.atomic import atomic_write
 
 CLASSES = ("circle", "square", "triangle", "star")
 SPLITS = {"trainval": 0, "test": 1}
@@ -276,5 +277,4 @@ def make_shapes(outdir, train=800, test=200, size=160, seed=0, progress=None):
 
 
 def _write(path, data):
-    with open(path, "wb") as fh:
-        fh.write(data)
+    atomic_write(path, data)

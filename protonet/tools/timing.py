@@ -13,6 +13,30 @@ from protonet.solver.solver import to_channels_last
 log = get_logger("caffe")
 
 
+def _time_layers(net, sync):
+    """Forward hooks adding each layer's time into the dict returned with them."""
+    layer_times = {name: 0.0 for name in net.layers}
+    starts = {}
+
+    def pre(name):
+        def hook(module, args):
+            sync()
+            starts[name] = time.perf_counter()
+        return hook
+
+    def post(name):
+        def hook(module, args, out):
+            sync()
+            layer_times[name] += time.perf_counter() - starts[name]
+        return hook
+
+    hooks = []
+    for name, layer in net.layers.items():
+        hooks.append(layer.register_forward_pre_hook(pre(name)))
+        hooks.append(layer.register_forward_hook(post(name)))
+    return layer_times, hooks
+
+
 def time_model(model, iterations, device="cpu", phase="TRAIN", level=0, stages=(), weights="", amp=None,
                channels_last=False, allow_python_layers=False, max_memory=None, strict_data=False,
                strict_weights=False):
@@ -29,21 +53,6 @@ def time_model(model, iterations, device="cpu", phase="TRAIN", level=0, stages=(
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
                 if amp else contextlib.nullcontext())
-    layer_times = {name: 0.0 for name in net.layers}
-    starts = {}
-
-    def pre(name):
-        def hook(module, args):
-            sync()
-            starts[name] = time.perf_counter()
-        return hook
-
-    def post(name):
-        def hook(module, args, out):
-            sync()
-            layer_times[name] += time.perf_counter() - starts[name]
-        return hook
-
     # Caffe times a deploy net on its zero-initialised input blobs.
     inputs = {name: torch.zeros(net.blob_shapes[name], device=device) for name in net.input_names}
 
@@ -59,10 +68,7 @@ def time_model(model, iterations, device="cpu", phase="TRAIN", level=0, stages=(
     log.info("Performing Backward")
     if loss.requires_grad:
         loss.backward()
-    hooks = []
-    for name, layer in net.layers.items():
-        hooks.append(layer.register_forward_pre_hook(pre(name)))
-        hooks.append(layer.register_forward_hook(post(name)))
+    layer_times, hooks = _time_layers(net, sync)
     log.info("*** Benchmark begins ***")
     log.info("Testing for %d iterations.", iterations)
     forward_time = backward_time = 0.0
