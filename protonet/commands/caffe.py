@@ -6,7 +6,7 @@ import sys
 import click
 import torch
 
-from protonet.commands.options import CaffeCommand, caffe_option, glog_output, stage_list
+from protonet.commands.options import CaffeCommand, caffe_option, glog_output, net_checks, stage_list
 from protonet import caffe_pb2
 from protonet.devices import parse_gpus
 from protonet.errors import ProtonetError
@@ -60,9 +60,10 @@ def torchrun_environment():
 @caffe_option("log", "log_file", default=None, help="Also append the log to this file.")
 @caffe_option("tensorboard", default=None, metavar="DIR",
               help="Also write the losses, lr, test outputs (mAP) and images/s as TensorBoard scalars to DIR.")
+@net_checks()
 def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, sigterm_effect, resume,
                   level, stage, amp, channels_last, workers, data_shuffle, reencode_jpeg, allow_python_layers,
-                  log_file, tensorboard):
+                  log_file, tensorboard, checks):
     """Train or finetune a model (caffe train). A signal that stops it before max_iter ends it with
     exit status 128 + the signal's number (SIGINT 130, SIGTERM 143)."""
     if snapshot and weights:
@@ -76,7 +77,7 @@ def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sig
     options = RunOptions(device=f"cuda:{gpus[0]}" if gpus else "cpu", stages=stage_list(stage), level=level,
                          amp=amp, channels_last=channels_last, data_workers=workers, data_shuffle=data_shuffle,
                          reencode_jpeg=reencode_jpeg, allow_python_layers=allow_python_layers,
-                         progress_bars=sys.stderr.isatty(), tensorboard_dir=tensorboard)
+                         progress_bars=sys.stderr.isatty(), tensorboard_dir=tensorboard, **checks)
     job = TrainJob(solver=solver, options=options, weights=weights or None, snapshot=snapshot or None,
                    sigint_effect=sigint_effect, sighup_effect=sighup_effect, sigterm_effect=sigterm_effect,
                    resume=resume, max_iter=iterations, log_to_stderr=True, log_path=log_file)
@@ -145,14 +146,17 @@ def _device(gpu):
 @caffe_option("allow_python_layers", is_flag=True, default=False,
               help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @caffe_option("log", "log_file", default=None, help="Also append the log to this file.")
+@net_checks()
 def test_command(model, weights, iterations, gpu, level, stage, ap_version, show_per_class_result,
-                 data_shuffle, reencode_jpeg, allow_python_layers, log_file):
+                 data_shuffle, reencode_jpeg, allow_python_layers, log_file, checks):
     """Score a model (caffe test); nets ending in DetectionEvaluate print their mAP."""
     with glog_output(log_file):
         ctx = NetContext(phase=caffe_pb2.TEST, data_shuffle=data_shuffle, reencode_jpeg=reencode_jpeg,
-                         allow_python_layers=allow_python_layers)
+                         allow_python_layers=allow_python_layers, max_memory=checks["max_memory"],
+                         strict_data=checks["strict_data"])
         score_model(model, weights, iterations, _device(gpu), level, stage_list(stage), ap_version,
-                    show_per_class_result, ctx, progress_bar=sys.stderr.isatty())
+                    show_per_class_result, ctx, progress_bar=sys.stderr.isatty(),
+                    strict_weights=checks["strict_weights"])
 
 
 # ---------------------------------------------------------------------- time
@@ -169,11 +173,13 @@ def test_command(model, weights, iterations, gpu, level, stage, ap_version, show
 @caffe_option("channels_last", is_flag=True, default=False, help="Channels-last memory format for 4-D weights.")
 @caffe_option("allow_python_layers", is_flag=True, default=False,
               help="Run the prototxt's Python layers (they execute code the prototxt names).")
-def time_command(model, iterations, gpu, phase, level, stage, weights, amp, channels_last, allow_python_layers):
+@net_checks()
+def time_command(model, iterations, gpu, phase, level, stage, weights, amp, channels_last, allow_python_layers,
+                 checks):
     """Benchmark a model's forward and backward passes (caffe time)."""
     with glog_output():
         time_model(model, iterations, _device(gpu), phase or "TRAIN", level, stage_list(stage), weights, amp,
-                   channels_last, allow_python_layers)
+                   channels_last, allow_python_layers, **checks)
 
 
 # ---------------------------------------------------------------------- device query
