@@ -6,7 +6,7 @@ import sys
 import click
 import torch
 
-from protonet.commands.options import CaffeCommand, caffe_option, glog_output, stage_list
+from protonet.commands.options import CaffeCommand, caffe_option, glog_output, net_checks, stage_list
 from protonet import caffe_pb2
 from protonet.devices import parse_gpus
 from protonet.errors import ProtonetError
@@ -63,9 +63,10 @@ def torchrun_environment():
 @caffe_option("log", "log_file", default=None, help="Also append the log to this file.")
 @caffe_option("tensorboard", default=None, metavar="DIR",
               help="Also write the losses, lr, test outputs (mAP) and images/s as TensorBoard scalars to DIR.")
+@net_checks()
 def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, sigterm_effect, resume,
                   level, stage, amp, channels_last, workers, data_shuffle, reencode_jpeg, data_on_device,
-                  allow_python_layers, log_file, tensorboard):
+                  allow_python_layers, log_file, tensorboard, checks):
     """Train or finetune a model (caffe train). A signal that stops it before max_iter ends it with
     exit status 128 + the signal's number (SIGINT 130, SIGTERM 143)."""
     if snapshot and weights:
@@ -80,7 +81,7 @@ def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sig
                          amp=amp, channels_last=channels_last, data_workers=workers, data_shuffle=data_shuffle,
                          reencode_jpeg=reencode_jpeg, data_on_device=data_on_device,
                          allow_python_layers=allow_python_layers,
-                         progress_bars=sys.stderr.isatty(), tensorboard_dir=tensorboard)
+                         progress_bars=sys.stderr.isatty(), tensorboard_dir=tensorboard, **checks)
     job = TrainJob(solver=solver, options=options, weights=weights or None, snapshot=snapshot or None,
                    sigint_effect=sigint_effect, sighup_effect=sighup_effect, sigterm_effect=sigterm_effect,
                    resume=resume, max_iter=iterations, log_to_stderr=True, log_path=log_file)
@@ -151,14 +152,17 @@ def _device(gpu):
 @caffe_option("allow_python_layers", is_flag=True, default=False,
               help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @caffe_option("log", "log_file", default=None, help="Also append the log to this file.")
+@net_checks()
 def test_command(model, weights, iterations, gpu, level, stage, ap_version, show_per_class_result,
-                 data_shuffle, reencode_jpeg, precision, allow_python_layers, log_file):
+                 data_shuffle, reencode_jpeg, precision, allow_python_layers, log_file, checks):
     """Score a model (caffe test); nets ending in DetectionEvaluate print their mAP."""
     with glog_output(log_file):
         ctx = NetContext(phase=caffe_pb2.TEST, data_shuffle=data_shuffle, reencode_jpeg=reencode_jpeg,
-                         allow_python_layers=allow_python_layers)
+                         allow_python_layers=allow_python_layers, max_memory=checks["max_memory"],
+                         strict_data=checks["strict_data"])
         score_model(model, weights, iterations, _device(gpu), level, stage_list(stage), ap_version,
-                    show_per_class_result, ctx, progress_bar=sys.stderr.isatty(), precision=precision)
+                    show_per_class_result, ctx, progress_bar=sys.stderr.isatty(),
+                    strict_weights=checks["strict_weights"], precision=precision)
 
 
 # ---------------------------------------------------------------------- time
@@ -177,16 +181,17 @@ def test_command(model, weights, iterations, gpu, level, stage, ap_version, show
               help="Time the forward pass alone in inference mode at this precision (no backward).")
 @caffe_option("allow_python_layers", is_flag=True, default=False,
               help="Run the prototxt's Python layers (they execute code the prototxt names).")
+@net_checks()
 def time_command(model, iterations, gpu, phase, level, stage, weights, amp, channels_last, precision,
-                 allow_python_layers):
+                 allow_python_layers, checks):
     """Benchmark a model's forward and backward passes (caffe time)."""
     with glog_output():
         if precision:
             time_inference(model, iterations, _device(gpu), phase or "TEST", level, stage_list(stage), weights,
-                           precision, allow_python_layers)
+                           precision, allow_python_layers, **checks)
             return
         time_model(model, iterations, _device(gpu), phase or "TRAIN", level, stage_list(stage), weights, amp,
-                   channels_last, allow_python_layers)
+                   channels_last, allow_python_layers, **checks)
 
 
 # ---------------------------------------------------------------------- device query

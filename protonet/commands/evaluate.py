@@ -3,6 +3,7 @@ import sys
 
 import click
 
+from protonet.commands.options import net_checks
 from protonet.devices import device_for
 from protonet.eval.voc import AP_VERSIONS
 from protonet.tools.evaluate import evaluate
@@ -19,7 +20,8 @@ from protonet.tools.evaluate import evaluate
 @click.option("--gpu", default=None, help="CUDA device id (default: CPU)")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
               help="inference precision (bf16 needs a CPU with native bfloat16 or a GPU)")
-def eval_command(model, weights, iterations, ap_version, labelmap, coco_gt, gpu, precision):
+@net_checks()
+def eval_command(model, weights, iterations, ap_version, labelmap, coco_gt, gpu, precision, checks):
     """Evaluate a detection test net: VOC AP per class and mAP, or COCO's summary."""
     device = device_for(gpu)
 
@@ -28,7 +30,7 @@ def eval_command(model, weights, iterations, ap_version, labelmap, coco_gt, gpu,
             yield from bar
 
     result = evaluate(model, weights, iterations, ap_version, labelmap, coco_gt, device, progress,
-                      precision=precision)
+                      precision=precision, **checks)
     names = result["names"]
     click.echo(f"Evaluated {result['iterations']} batches of {model}" + (f" with {weights}" if weights else ""))
     if result["map"] is not None:

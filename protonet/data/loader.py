@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from protonet.data.records import CorruptRecord, close_lmdb_handles, decode_record
+from protonet.data.records import CorruptRecord, close_lmdb_handles, decode_record, skip_or_raise
 from protonet.data.workers import die_with_parent, leave_signals_to_parent
 from protonet.errors import ProtonetError
 
@@ -49,7 +49,7 @@ class BatchMaker(torch.utils.data.Dataset):
     """
 
     def __init__(self, source, batch_size, process, labels, seed, rank=0, world_size=1,
-                 shuffle=False, skip=0, same_shape=True, name="data"):
+                 shuffle=False, skip=0, same_shape=True, name="data", strict=False):
         if batch_size <= 0:
             raise ProtonetError(f"layer {name}: batch_size must be positive")
         if not 0 <= rank < world_size:
@@ -68,6 +68,7 @@ class BatchMaker(torch.utils.data.Dataset):
         self.skip = int(skip)
         self.same_shape = same_shape
         self.name = name
+        self.strict = strict
         self._orders = {}
 
     def record_at(self, position):
@@ -86,6 +87,14 @@ class BatchMaker(torch.utils.data.Dataset):
         return 2**62
 
     def __getitem__(self, batch):
+        """(data, label, corrupt record messages, error): a user error in a worker travels back as
+        its message (a worker's exception would reach the parent wrapped in its traceback)."""
+        try:
+            return self._batch(batch) + (None,)
+        except ProtonetError as exc:
+            return None, None, [], str(exc)
+
+    def _batch(self, batch):
         rng = np.random.default_rng([self.seed, self.rank, int(batch)])
         position = self.skip + int(batch) * self.batch_size
         datas, samples, corrupt = [], [], []
@@ -97,7 +106,7 @@ class BatchMaker(torch.utils.data.Dataset):
                     sample = self.source.load(index)
                     break
                 except CorruptRecord as exc:
-                    log.warning("skipping corrupt record: %s", exc)
+                    skip_or_raise(exc, self.strict)
                     corrupt.append(str(exc))
                     extra += 1
                     if len(corrupt) > len(self.shard):
@@ -162,7 +171,9 @@ class Prefetcher:
     def __next__(self):
         if self._it is None:
             self._start()
-        data, label, corrupt = next(self._it)
+        data, label, corrupt, error = next(self._it)
+        if error is not None:
+            raise ProtonetError(error)
         self.next_batch += 1
         self.corrupt += len(corrupt)
         return data, label

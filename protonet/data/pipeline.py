@@ -24,6 +24,7 @@ from protonet.data.loader import BatchMaker, LmdbSource, Prefetcher
 from protonet.data.records import LmdbReader, Sample, first_good_record
 from protonet.data.transform import AnnotatedPipeline, Transformer, label_rows
 from protonet.errors import ProtonetError
+from protonet.sizes import FLOAT_BYTES, blob_count, reserve_bytes
 
 R = caffe_pb2.ResizeParameter
 log = logging.getLogger("protonet.data")
@@ -124,6 +125,10 @@ class Pipeline:
         shapes = [(self.batch_size, c, h, w)]
         if n_tops > 1:
             shapes.append(self.label_shape or (self.batch_size,))
+        # the prefetch queue holds `prefetch` batches besides the tops: reserved while the net is built
+        batch_values = blob_count(shapes[0], f"layer {self.name}: data")
+        reserve_bytes(self.prefetch * batch_values * FLOAT_BYTES, f"layer {self.name}: {self.prefetch} prefetched "
+                      "batches", shapes[0])
         return shapes
 
     def batches(self, ctx, with_labels=True):
@@ -133,7 +138,7 @@ class Pipeline:
         maker = BatchMaker(self.source, self.batch_size, self.process, self.labels if with_labels else no_labels,
                            seed=(seed + salt) % 2**32, rank=ctx.rank, world_size=ctx.world_size,
                            shuffle=self.shuffle, skip=self.skip, name=self.name,
-                           same_shape=not self.fits_small_size)
+                           same_shape=not self.fits_small_size, strict=ctx.strict_data)
         return Prefetcher(maker, workers=ctx.data_workers, prefetch=self.prefetch)
 
 
@@ -163,7 +168,7 @@ def _annotated_data(lp, ctx):
     adp = lp.annotated_data_param
     process = sample_processor(lp, ctx)
     color_mode = process.transformer.color_mode
-    first = first_good_record(reader, True, color_mode)
+    first = first_good_record(reader, True, color_mode, strict=ctx.strict_data)
     process.annotated = first.annotated or adp.HasField("anno_type")
     if adp.HasField("anno_type") and adp.anno_type != caffe_pb2.AnnotatedDatum.BBOX:
         raise ProtonetError(f"layer {lp.name}: unknown anno_type {adp.anno_type}")
@@ -189,7 +194,7 @@ def _datum_data(lp, ctx):
     reader = _open_lmdb(lp, ctx)
     process = sample_processor(lp, ctx)
     color_mode = process.transformer.color_mode
-    first = first_good_record(reader, False, color_mode)
+    first = first_good_record(reader, False, color_mode, strict=ctx.strict_data)
     return Pipeline(lp.name, LmdbSource(reader, False, color_mode), first, process, scalar_labels,
                     lp.data_param.batch_size, skip=_rand_skip(lp.data_param.rand_skip, ctx),
                     shuffle=ctx.data_shuffle, prefetch=lp.data_param.prefetch or 4)

@@ -6,13 +6,14 @@ FLOAT16/FLOAT/DOUBLE with the values as bytes in `raw_data`, as in OpenCV's fp16
 is read into float32 (DOUBLE into float64, like `double_data`).
 """
 from __future__ import annotations
-
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from protonet import caffe_pb2
+from protonet.errors import ProtonetError
 
 if TYPE_CHECKING:
     import torch
@@ -23,6 +24,19 @@ _TAG_DATA = b"\x2a"  # data = 5, packed float
 _TAG_DIFF = b"\x32"  # diff = 6, packed float
 _TAG_DIM = b"\x0a"  # BlobShape.dim = 1, packed int64
 _LEGACY_DIMS = ("num", "channels", "height", "width")
+
+
+class BlobError(ProtonetError, ValueError):
+    """A stored blob whose values do not fill its shape, or whose shape is not a shape."""
+
+
+def shape_count(shape):
+    """The number of values a shape needs, in Python ints (no int64 wrap-around); BlobError for a
+    negative dimension."""
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise BlobError(f"shape {list(shape)} has a negative dimension")
+    return math.prod(shape)
 
 
 def varint(value):
@@ -47,7 +61,7 @@ def raw_dtype(type_value, what="raw_data"):
     dtype = RAW_DTYPES.get(type_value)
     if dtype is None:
         name = caffe_pb2.Type.Name(type_value) if type_value in caffe_pb2.Type.values() else str(type_value)
-        raise ValueError(f"{what} of type {name}: only FLOAT16, FLOAT and DOUBLE blobs hold weights")
+        raise BlobError(f"{what} of type {name}: only FLOAT16, FLOAT and DOUBLE blobs hold weights")
     return np.dtype(dtype)
 
 
@@ -55,7 +69,7 @@ def raw_values(data, type_value, what="raw_data"):
     """NVCaffe raw bytes as a float32 array (float64 for DOUBLE)."""
     dtype = raw_dtype(type_value, what)
     if len(data) % dtype.itemsize:
-        raise ValueError(f"{what}: {len(data)} bytes is not a whole number of {dtype.itemsize}-byte values")
+        raise BlobError(f"{what}: {len(data)} bytes is not a whole number of {dtype.itemsize}-byte values")
     arr = np.frombuffer(data, dtype=dtype)
     return arr.astype(np.float64 if dtype.itemsize == 8 else np.float32)
 
@@ -102,13 +116,13 @@ def blob_to_array(blob: caffe_pb2.BlobProto, diff: bool = False, shape: Sequence
     With `shape`, the blob must fit it as Caffe's ShapeEquals decides (else ValueError) and the array
     takes that shape, as when Caffe copies trained weights into a net's blobs."""
     if shape is not None and not blob_fits_shape(blob, shape):
-        raise ValueError(f"stored shape {list(blob_shape(blob))} does not fit {list(shape)}")
+        raise BlobError(f"stored shape {list(blob_shape(blob))} does not fit {list(shape)}")
     shape = blob_shape(blob) if shape is None else tuple(int(d) for d in shape)
     values, dtype = _values(blob, diff)
-    arr = np.asarray(values, dtype=dtype)
-    if arr.size != int(np.prod(shape)):
-        raise ValueError(f"blob holds {arr.size} values but its shape {list(shape)} needs {int(np.prod(shape))}")
-    return arr.reshape(shape)
+    need = shape_count(shape)
+    if len(values) != need:
+        raise BlobError(f"blob holds {len(values)} values but its shape {list(shape)} needs {need}")
+    return np.asarray(values, dtype=dtype).reshape(shape)
 
 
 def _as_float32(arr):

@@ -1,13 +1,12 @@
 """.solverstate files: a binary SolverState (iteration, lr step, the update history blobs and the
 name of the .caffemodel written with it), as Caffe's solvers snapshot them."""
 from __future__ import annotations
-
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from protonet import caffe_pb2
-from protonet.io.blobs import array_to_blob, blob_field_pieces, blob_to_array, serialize_around
+from protonet.io.blobs import BlobError, array_to_blob, blob_field_pieces, blob_to_array, serialize_around
 from protonet.io.atomic import atomic_open
 from protonet.io.prototxt import PathLike, read_binary_proto
 
@@ -19,13 +18,18 @@ _HISTORY = 3  # SolverState.history
 
 
 def read_solverstate(path: PathLike) -> caffe_pb2.SolverState:
-    """The SolverState of a binary .solverstate file."""
     return read_binary_proto(os.fspath(path), caffe_pb2.SolverState)
 
 
-def solverstate_history_arrays(state: caffe_pb2.SolverState) -> "list[np.ndarray]":
+def solverstate_history_arrays(state, source="solverstate"):
     """The history blobs as float arrays, in the solver's learnable-parameter order."""
-    return [blob_to_array(b) for b in state.history]
+    arrays = []
+    for i, blob in enumerate(state.history):
+        try:
+            arrays.append(blob_to_array(blob))
+        except BlobError as exc:
+            raise BlobError(f"{source}: history blob {i}: {exc}") from None
+    return arrays
 
 
 def make_solverstate(iteration: int, learned_net: str = "", current_step: int = 0,

@@ -52,7 +52,7 @@ class ParameterLayer(Layer):
         super().__init__(param, bottom_shapes, ctx)
         self.check_bottoms(0)
         shape = blob_shape_dims(param.parameter_param.shape)
-        self.add_blob(torch.zeros(shape))
+        self.add_blob(fill(shape, None, f"layer {self.name} (Parameter) blob 0"))
         self.top_shapes = [shape]
 
     def forward(self):

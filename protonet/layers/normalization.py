@@ -26,9 +26,8 @@ class BatchNormLayer(Layer):
         self.maf = p.moving_average_fraction
         self.eps = p.eps
         self.channels = 1 if len(shape) == 1 else shape[1]
-        self.add_blob(torch.zeros(self.channels), learnable=False)
-        self.add_blob(torch.zeros(self.channels), learnable=False)
-        self.add_blob(torch.zeros(1), learnable=False)
+        for i, blob_shape in enumerate(((self.channels,), (self.channels,), (1,))):
+            self.add_blob(fill(blob_shape, None, f"layer {self.name} (BatchNorm) blob {i}"), learnable=False)
         self.scale_bias = p.scale_bias or p.HasField("scale_filler") or p.HasField("bias_filler")
         if self.scale_bias:
             one = caffe_pb2.FillerParameter(type="constant", value=1)

@@ -39,8 +39,8 @@ class PriorBoxLayer(Layer):
         if len(p.variance) > 1:
             if len(p.variance) != 4:
                 raise ProtonetError(f"{self.where}: give 1 or 4 variances, got {len(p.variance)}")
-        if any(v <= 0 for v in p.variance):
-            raise ProtonetError(f"{self.where}: variance must be positive")
+        if any(not 0 < v < math.inf for v in p.variance):
+            raise ProtonetError(f"{self.where}: variance must be positive and finite")
         self.variance = [float(v) for v in p.variance] or [0.1]
         self._image_and_step(p)
         self.clip = p.clip
@@ -58,6 +58,9 @@ class PriorBoxLayer(Layer):
     # -- the boxes of a cell --------------------------------------------------------------------
     def _aspect_ratios(self, p):
         ratios = [_f32(1.0)]
+        for a in p.aspect_ratio:
+            if not 0 < a < math.inf:
+                raise ProtonetError(f"{self.where}: aspect_ratio {a:g} must be positive and finite")
         given = [_f32(a) for a in p.aspect_ratio]
         flipped = [_f32(1.0 / float(a)) for a in given] if p.flip else []
         # Keras (Synopsys): every ratio, then every flipped one; otherwise each flip follows its ratio.
@@ -76,11 +79,13 @@ class PriorBoxLayer(Layer):
                 if len(widths) != len(heights) or len(p.min_size) or len(p.max_size) or len(p.aspect_ratio):
                     raise ProtonetError(f"{self.where}: {what} need as many heights as widths and no "
                                         f"min_size, max_size or aspect_ratio")
+                if any(not 0 < v < math.inf for v in list(widths) + list(heights)):
+                    raise ProtonetError(f"{self.where}: {what} must be positive and finite")
                 return [(float(_f32(w)), float(_f32(h)), False) for w, h in zip(widths, heights)]
         if len(p.min_size) == 0:
             raise ProtonetError(f"{self.where}: must provide min_size")
-        if any(m <= 0 for m in p.min_size):
-            raise ProtonetError(f"{self.where}: min_size must be positive")
+        if any(not 0 < m < math.inf for m in list(p.min_size) + list(p.max_size)):
+            raise ProtonetError(f"{self.where}: min_size and max_size must be positive and finite")
         min_sizes = [int(_f32(m)) for m in p.min_size]
         max_sizes = []
         if len(p.max_size) > 0:

@@ -15,14 +15,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from protonet import caffe_pb2
+from protonet import caffe_pb2, sizes
 from protonet.errors import ProtonetError, ShapeError
 from protonet.io.blobs import array_to_blob, blob_to_array
 from protonet.io.caffemodel import read_caffemodel_arrays, write_caffemodel
 from protonet.io.dialects import ignored_fields
-from protonet.io.prototxt import read_prototxt
+from protonet.io.prototxt import count_layer_blocks, read_prototxt
 from protonet.io.upgrade import upgrade_net
 from protonet.layers.base import NetContext, layer_class
+from protonet.net.field_limits import check_layer_fields
 from protonet.net.filtering import filter_net, parse_phase
 from protonet.net.inference import InferenceOptions, InferencePlan, check_precision
 
@@ -70,9 +71,13 @@ class Net(nn.Module):
 
     def __init__(self, net: "str | os.PathLike | caffe_pb2.NetParameter", phase: "str | int | None" = None,
                  stages: Sequence[str] = (), level: int = 0, weights: "str | os.PathLike | Sequence | None" = None,
-                 ctx: NetContext | None = None) -> None:
+                 ctx: NetContext | None = None, source: str | None = None) -> None:
         super().__init__()
-        param, where = self._read(net)
+        # Every blob's bytes are reserved against this budget before they are allocated (protonet.sizes);
+        # the layers' own Python objects first, from their count, before the file is even parsed.
+        budget = sizes.MemoryBudget(ctx.max_memory if ctx is not None else None)
+        param, where = self._read(net, budget)
+        self.source = source or where  # the prototxt (or message) the net came from, for messages
         if phase is None:
             phase = ctx.phase if ctx is not None else (param.state.phase if param.state.HasField("phase")
                                                        else caffe_pb2.TEST)
@@ -108,7 +113,8 @@ class Net(nn.Module):
         self._indices = {}         # layer name -> index of the first layer of that name
         self._modules_list = nn.ModuleList()
         self._plans = {}
-        self._build()
+        with sizes.active_budget(budget):
+            self._build()
         self._inference = InferenceOptions()
         self._inference_plans = {}   # outputs wanted (None: all) -> InferencePlan
         # state_dict keys name the prototxt's layers: 'conv1_1.0' is blob 0 of layer conv1_1.
@@ -121,21 +127,33 @@ class Net(nn.Module):
 
     # ------------------------------------------------------------------ building
     @staticmethod
-    def _read(net):
+    def _reserve_layers(budget, count, where):
+        budget.reserve(count * sizes.LAYER_BYTES, f"{where}: {count} layers (about "
+                       f"{sizes.format_bytes(sizes.LAYER_BYTES)} of Python objects each)")
+
+    @classmethod
+    def _read(cls, net, budget):
         if isinstance(net, caffe_pb2.NetParameter):
+            where = f"net {net.name or '?'}"
+            cls._reserve_layers(budget, len(net.layer) + len(net.layers), where)
             param = caffe_pb2.NetParameter()
             param.CopyFrom(net)
-            return param, f"net {net.name or '?'}"
+            return param, where
         if isinstance(net, (str, os.PathLike)):
-            return read_prototxt(net, caffe_pb2.NetParameter), os.fspath(net)
+            where = os.fspath(net)
+            cls._reserve_layers(budget, count_layer_blocks(where), where)
+            return read_prototxt(net, caffe_pb2.NetParameter), where
         raise ProtonetError(f"Net: expected a prototxt path or a NetParameter, got {type(net).__name__}")
 
     def _build(self):
+        """Build the layers in order; every blob's size is checked (and its bytes reserved against the
+        active memory budget) before it is allocated: see protonet.sizes."""
         shapes = self.blob_shapes
         available = OrderedDict()      # blobs not yet consumed: the net's outputs at the end
         shared = {}                     # param name -> (layer name, blob index, ParamSpec of owner)
         for index, lparam in enumerate(self.net_param.layer):
             name = self._layer_key(lparam.name, index)
+            check_layer_fields(lparam)
             if not lparam.HasField("phase"):
                 lparam.phase = self.phase
             bottoms = list(lparam.bottom)
@@ -159,6 +177,8 @@ class Net(nn.Module):
                 if in_place and top_shapes[i] != shapes[t]:
                     raise ShapeError(f"layer {name} ({lparam.type}): in-place top '{t}' would change shape "
                                      f"{list(shapes[t])} -> {list(top_shapes[i])}")
+                if not in_place:
+                    sizes.reserve_blob(top_shapes[i], f"layer {name} ({lparam.type}): top '{t}'")
             for b in bottoms:
                 available.pop(b, None)
             for t, s in zip(tops, top_shapes):
@@ -438,54 +458,60 @@ class Net(nn.Module):
         return total
 
     # ------------------------------------------------------------------ weights
-    def load_weights(self, source: "str | os.PathLike | Sequence | caffe_pb2.NetParameter") -> list[str]:
+    def load_weights(self, source: "str | os.PathLike | Sequence | caffe_pb2.NetParameter",
+                     strict: bool = False) -> list[str]:
         """Caffe's CopyTrainedLayersFrom: blobs copied by layer name, every shape checked.
 
         Args:
             source: a NetParameter, a path, a list of paths, or 'a.caffemodel,b.caffemodel'
                 (later files win).
+            strict: (--strict-weights) an error when no layer at all was copied; otherwise a file
+                none of whose layers is a layer of this net is a warning naming both (the net keeps
+                its fillers).
 
         Returns:
             The names of the layers with blobs that no source provided.
         """
-        if isinstance(source, caffe_pb2.NetParameter):
-            if len(source.layers) and not len(source.layer):
-                source = caffe_pb2.NetParameter.FromString(source.SerializeToString())
-                upgrade_net(source, source=f"net {source.name or '?'}")
-            where = f"net {source.name or '?'}"
-            sources = [(where, [(l.name, [(blob_to_array(b), _proto_shape(b)) for b in l.blobs])
-                                for l in source.layer])]
-        else:
-            paths = source.split(",") if isinstance(source, str) else (
-                [source] if isinstance(source, os.PathLike) else list(source))
-            # Straight from the file bytes: a file's blob arrays come with their stored shapes
-            # (legacy num/channels/height/width as 4 axes).
-            sources = [(os.fspath(p), [(name, [(a, None) for a in arrays])
-                                       for name, arrays in read_caffemodel_arrays(p).items()]) for p in paths]
+        sources = _weight_sources(source)
         copied = set()
         for where, layers in sources:
-            for name, blobs in layers:
-                layer = self.layers.get(name)
-                if layer is None:
-                    log.info("Ignoring source layer %s", name)
-                    continue
-                target = layer.blobs
-                if len(target) != len(blobs):
-                    raise ShapeError(f"{where}: layer {name}: the file has {len(blobs)} blobs, "
-                                     f"the net's layer has {len(target)}")
-                for i, (t, (arr, proto_shape)) in enumerate(zip(target, blobs)):
-                    shape = tuple(t.shape)
-                    ok = _shape_equals(proto_shape, shape) if proto_shape is not None else _array_fits(arr, shape)
-                    if not ok:
-                        raise ShapeError(f"{where}: layer {name} blob {i}: the file has shape "
-                                         f"{list(arr.shape)}, the net needs {list(shape)}")
-                    with torch.no_grad():
-                        t.copy_(torch.tensor(arr.reshape(shape), dtype=t.dtype))
-                copied.add(name)
+            matched = self._copy_layers(where, layers)
+            copied |= matched
+            with_blobs = sum(1 for _, blobs in layers if blobs)
+            if with_blobs and not matched:
+                log.warning("%s: none of its %d layers with weights is a layer of %s; nothing was copied from it",
+                            where, with_blobs, self.source)
+        if strict and not copied:
+            raise ProtonetError(f"{', '.join(w for w, _ in sources)}: no layer matches a layer of {self.source} "
+                                "(--strict-weights)")
         missing = [n for n, l in self.layers.items() if len(l.blobs) and n not in copied]
         if missing:
             log.info("Layers not in the weights file(s), keeping their fillers: %s", ", ".join(missing))
         return missing
+
+    def _copy_layers(self, where: str, layers: list) -> set[str]:
+        """Copy the blobs of [(layer name, [(array, stored shape or None)])] into the layers of the same
+        name; returns the names copied."""
+        copied = set()
+        for name, blobs in layers:
+            layer = self.layers.get(name)
+            if layer is None:
+                log.info("Ignoring source layer %s", name)
+                continue
+            target = layer.blobs
+            if len(target) != len(blobs):
+                raise ShapeError(f"{where}: layer {name}: the file has {len(blobs)} blobs, "
+                                 f"the net's layer has {len(target)}")
+            for i, (t, (arr, proto_shape)) in enumerate(zip(target, blobs)):
+                shape = tuple(t.shape)
+                ok = _shape_equals(proto_shape, shape) if proto_shape is not None else _array_fits(arr, shape)
+                if not ok:
+                    raise ShapeError(f"{where}: layer {name} blob {i}: the file has shape "
+                                     f"{list(arr.shape)}, the net needs {list(shape)}")
+                with torch.no_grad():
+                    t.copy_(torch.tensor(arr.reshape(shape), dtype=t.dtype))
+            copied.add(name)
+        return copied
 
     def to_proto(self, with_blobs: bool = True) -> caffe_pb2.NetParameter:
         """The net definition (the layers this state includes) with its blobs, as Caffe's Net::ToProto."""
@@ -546,6 +572,21 @@ def _module_state_keys(net, state, prefix, *_):
     for inner, caffe in net._state_keys.items():
         if prefix + caffe in state and prefix + inner not in state:
             state[prefix + inner] = state.pop(prefix + caffe)
+def _weight_sources(source):
+    """[(where, [(layer name, [(array, stored shape or None)])])] of the layers with blobs of each source."""
+    if isinstance(source, caffe_pb2.NetParameter):
+        if len(source.layers) and not len(source.layer):
+            source = caffe_pb2.NetParameter.FromString(source.SerializeToString())
+            upgrade_net(source, source=f"net {source.name or '?'}")
+        where = f"net {source.name or '?'}"
+        return [(where, [(l.name, [(blob_to_array(b), _proto_shape(b)) for b in l.blobs])
+                         for l in source.layer])]
+    paths = source.split(",") if isinstance(source, str) else (
+        [source] if isinstance(source, os.PathLike) else list(source))
+    # Straight from the file bytes: a file's blob arrays come with their stored shapes
+    # (legacy num/channels/height/width as 4 axes).
+    return [(os.fspath(p), [(name, [(a, None) for a in arrays])
+                            for name, arrays in read_caffemodel_arrays(p).items()]) for p in paths]
 
 
 def _proto_shape(blob):

@@ -61,6 +61,9 @@ class RunOptions:
     data_on_device: bool = False      # AnnotatedData: photometric + resize/mean/scale on the device
     skip_data_on_resume: bool = True  # resume reads the data where the snapshot left it
     allow_python_layers: bool = False  # a prototxt's Python layers run code: only when asked
+    max_memory: int | None = None      # bytes a net may need when built (None: the machine's memory)
+    strict_data: bool = False          # a corrupt or bad record is an error, not skipped with a warning
+    strict_weights: bool = False       # --weights of which no layer matches the net are an error
     progress_bars: bool = False       # test passes draw a bar (stderr is a terminal), else log lines
     tensorboard_dir: str | None = None  # also write the log's numbers as TensorBoard scalars here
 
@@ -155,13 +158,16 @@ class Solver:
         o = self.options
         return NetContext(phase=phase, seed=self.seed, rank=o.rank, world_size=o.world_size,
                           data_workers=o.data_workers, data_shuffle=o.data_shuffle, reencode_jpeg=o.reencode_jpeg,
-                          data_on_device=o.data_on_device, allow_python_layers=o.allow_python_layers)
+                          data_on_device=o.data_on_device, allow_python_layers=o.allow_python_layers,
+                          max_memory=o.max_memory, strict_data=o.strict_data)
 
-    def _make_net(self, net_param, phase):
+    def _make_net(self, net_param, phase, source=None):
         factory = self._net_factory
         if factory is None:
             factory = Net
         net = factory(net_param, phase=phase, ctx=self._context(phase))
+        if source:
+            net.source = source  # the file named in the solver, for messages
         net.to(self.device)
         if self.options.channels_last:
             to_channels_last(net)
@@ -193,7 +199,8 @@ class Solver:
             state.level = int(self.options.level)
         state.stage.extend(s for s in self.options.stages if s not in state.stage)
         net_param.state.CopyFrom(state)
-        return self._make_net(net_param, caffe_pb2.TRAIN)
+        return self._make_net(net_param, caffe_pb2.TRAIN, source=getattr(p, field) if not field.endswith("_param")
+                              else f"the solver's {field}")
 
     def _init_test_nets(self):
         p = self.param
@@ -234,20 +241,26 @@ class Solver:
             state.stage.extend(s for s in self.options.stages if s not in state.stage)
             copy.state.CopyFrom(state)
             log.info("Creating test net (#%d) specified by %s", i, source)
-            nets.append(self._make_net(copy, caffe_pb2.TEST))
+            nets.append(self._make_net(copy, caffe_pb2.TEST, source=source))
         return nets
 
     # ------------------------------------------------------------------ weights and state
     def copy_weights(self, weights: "str | Sequence[str | os.PathLike]") -> None:
-        """Caffe's CopyLayers: each file, in order, into the train net and every test net."""
+        """Caffe's CopyLayers: each file, in order, into the train net and every test net. A file that
+        matches no layer is a warning (Net.load_weights); none matching at all, with strict_weights, an error."""
+        copied_any = False
         for path in weights.split(",") if isinstance(weights, str) else weights:
             path = os.fspath(path).strip()
             if self.is_root:
                 log.info("Finetuning from %s", path)
             source = weights_source(path)
-            self.net.load_weights(source)
+            missing = self.net.load_weights(source)
+            copied_any = copied_any or len(missing) < len(self.net.params)
             for net in self.test_nets:
                 net.load_weights(source)
+        if self.options.strict_weights and not copied_any:
+            raise ProtonetError(f"{weights}: no layer matches a layer of the train net {self.net.source} "
+                                "(--strict-weights)")
 
     def snapshot_filename(self, extension: str) -> str:
         """PREFIX_iter_N.EXTENSION for the current iteration."""

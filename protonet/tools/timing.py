@@ -38,17 +38,18 @@ def _time_layers(net, sync):
 
 
 def time_model(model, iterations, device="cpu", phase="TRAIN", level=0, stages=(), weights="", amp=None,
-               channels_last=False, allow_python_layers=False):
+               channels_last=False, allow_python_layers=False, max_memory=None, strict_data=False,
+               strict_weights=False):
     """Caffe's time(): returns {'forward_ms', 'backward_ms', 'layers_ms': {layer: ms}} per iteration."""
     device = torch.device(device)
     ctx = NetContext(phase=caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST,
-                     allow_python_layers=allow_python_layers)
+                     allow_python_layers=allow_python_layers, max_memory=max_memory, strict_data=strict_data)
     net = Net(model, phase=phase, stages=stages, level=level, ctx=ctx)
     net.to(device)
     if channels_last:
         to_channels_last(net)
     if weights:
-        net.load_weights(weights)
+        net.load_weights(weights, strict=strict_weights)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
                 if amp else contextlib.nullcontext())
@@ -103,16 +104,16 @@ def time_model(model, iterations, device="cpu", phase="TRAIN", level=0, stages=(
 
 
 def time_inference(model, iterations, device="cpu", phase="TEST", level=0, stages=(), weights="", precision="fp32",
-                   allow_python_layers=False):
+                   allow_python_layers=False, max_memory=None, strict_data=False, strict_weights=False):
     """The forward pass in inference mode (folded, fused, packed; protonet/net/inference.py), timed:
     returns {'forward_ms', 'median_ms', 'fused'}."""
     device = torch.device(device)
     ctx = NetContext(phase=caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST,
-                     allow_python_layers=allow_python_layers)
+                     allow_python_layers=allow_python_layers, max_memory=max_memory, strict_data=strict_data)
     net = Net(model, phase=phase, stages=stages, level=level, ctx=ctx)
     net.to(device)
     if weights:
-        net.load_weights(weights)
+        net.load_weights(weights, strict=strict_weights)
     net.set_inference(precision=precision)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     inputs = {name: torch.zeros(net.blob_shapes[name], device=device) for name in net.input_names}
