@@ -6,7 +6,7 @@ import sys
 import click
 import torch
 
-from protonet.commands.options import CaffeCommand, caffe_option, glog_output, stage_list
+from protonet.commands.options import CaffeCommand, caffe_option, glog_output, net_checks, stage_list
 from protonet import caffe_pb2
 from protonet.devices import parse_gpus
 from protonet.errors import ProtonetError
@@ -15,7 +15,7 @@ from protonet.solver.logger import get_logger
 from protonet.solver.launch import TrainJob, exit_status, run_job, run_under_torchrun, spawn_training
 from protonet.solver.solver import RunOptions, read_solver
 from protonet.tools.score import score_model
-from protonet.tools.timing import time_model
+from protonet.tools.timing import time_inference, time_model
 
 log = get_logger("caffe")
 
@@ -55,14 +55,18 @@ def torchrun_environment():
               help="Shuffle the data layers' records every epoch (Caffe reads them in order).")
 @caffe_option("reencode_jpeg", is_flag=True, default=False,
               help="Re-encode distorted/expanded/cropped images as JPEG like Caffe (bit-parity with Caffe).")
+@caffe_option("data_on_device", is_flag=True, default=False,
+              help="Photometric distortion and the final resize/mirror/mean/scale of AnnotatedData batches on the "
+                   "training device (for CPUs that cannot keep up with the GPU; off: all on the CPU workers).")
 @caffe_option("allow_python_layers", is_flag=True, default=False,
               help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @caffe_option("log", "log_file", default=None, help="Also append the log to this file.")
 @caffe_option("tensorboard", default=None, metavar="DIR",
               help="Also write the losses, lr, test outputs (mAP) and images/s as TensorBoard scalars to DIR.")
+@net_checks()
 def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sighup_effect, sigterm_effect, resume,
-                  level, stage, amp, channels_last, workers, data_shuffle, reencode_jpeg, allow_python_layers,
-                  log_file, tensorboard):
+                  level, stage, amp, channels_last, workers, data_shuffle, reencode_jpeg, data_on_device,
+                  allow_python_layers, log_file, tensorboard, checks):
     """Train or finetune a model (caffe train). A signal that stops it before max_iter ends it with
     exit status 128 + the signal's number (SIGINT 130, SIGTERM 143)."""
     if snapshot and weights:
@@ -75,8 +79,9 @@ def train_command(solver, weights, snapshot, gpu, iterations, sigint_effect, sig
     gpus = parse_gpus(gpu)
     options = RunOptions(device=f"cuda:{gpus[0]}" if gpus else "cpu", stages=stage_list(stage), level=level,
                          amp=amp, channels_last=channels_last, data_workers=workers, data_shuffle=data_shuffle,
-                         reencode_jpeg=reencode_jpeg, allow_python_layers=allow_python_layers,
-                         progress_bars=sys.stderr.isatty(), tensorboard_dir=tensorboard)
+                         reencode_jpeg=reencode_jpeg, data_on_device=data_on_device,
+                         allow_python_layers=allow_python_layers,
+                         progress_bars=sys.stderr.isatty(), tensorboard_dir=tensorboard, **checks)
     job = TrainJob(solver=solver, options=options, weights=weights or None, snapshot=snapshot or None,
                    sigint_effect=sigint_effect, sighup_effect=sighup_effect, sigterm_effect=sigterm_effect,
                    resume=resume, max_iter=iterations, log_to_stderr=True, log_path=log_file)
@@ -142,17 +147,22 @@ def _device(gpu):
 @caffe_option("data_shuffle", is_flag=True, default=False, help="Shuffle the data layers' records.")
 @caffe_option("reencode_jpeg", is_flag=True, default=False,
               help="Caffe's JPEG round trips in AnnotatedData (bit-parity with Caffe).")
+@caffe_option("precision", default="fp32", type=click.Choice(["fp32", "bf16"]),
+              help="Inference precision of the forward passes (bf16 needs a CPU with native bfloat16 or a GPU).")
 @caffe_option("allow_python_layers", is_flag=True, default=False,
               help="Run the prototxt's Python layers (they execute code the prototxt names).")
 @caffe_option("log", "log_file", default=None, help="Also append the log to this file.")
+@net_checks()
 def test_command(model, weights, iterations, gpu, level, stage, ap_version, show_per_class_result,
-                 data_shuffle, reencode_jpeg, allow_python_layers, log_file):
+                 data_shuffle, reencode_jpeg, precision, allow_python_layers, log_file, checks):
     """Score a model (caffe test); nets ending in DetectionEvaluate print their mAP."""
     with glog_output(log_file):
         ctx = NetContext(phase=caffe_pb2.TEST, data_shuffle=data_shuffle, reencode_jpeg=reencode_jpeg,
-                         allow_python_layers=allow_python_layers)
+                         allow_python_layers=allow_python_layers, max_memory=checks["max_memory"],
+                         strict_data=checks["strict_data"])
         score_model(model, weights, iterations, _device(gpu), level, stage_list(stage), ap_version,
-                    show_per_class_result, ctx, progress_bar=sys.stderr.isatty())
+                    show_per_class_result, ctx, progress_bar=sys.stderr.isatty(),
+                    strict_weights=checks["strict_weights"], precision=precision)
 
 
 # ---------------------------------------------------------------------- time
@@ -167,13 +177,21 @@ def test_command(model, weights, iterations, gpu, level, stage, ap_version, show
 @caffe_option("weights", default="", help="Optional weights to load first.")
 @caffe_option("amp", type=click.Choice(["bf16", "fp16"]), default=None, help="Autocast the forward passes.")
 @caffe_option("channels_last", is_flag=True, default=False, help="Channels-last memory format for 4-D weights.")
+@caffe_option("precision", default=None, type=click.Choice(["fp32", "bf16"]),
+              help="Time the forward pass alone in inference mode at this precision (no backward).")
 @caffe_option("allow_python_layers", is_flag=True, default=False,
               help="Run the prototxt's Python layers (they execute code the prototxt names).")
-def time_command(model, iterations, gpu, phase, level, stage, weights, amp, channels_last, allow_python_layers):
+@net_checks()
+def time_command(model, iterations, gpu, phase, level, stage, weights, amp, channels_last, precision,
+                 allow_python_layers, checks):
     """Benchmark a model's forward and backward passes (caffe time)."""
     with glog_output():
+        if precision:
+            time_inference(model, iterations, _device(gpu), phase or "TEST", level, stage_list(stage), weights,
+                           precision, allow_python_layers, **checks)
+            return
         time_model(model, iterations, _device(gpu), phase or "TRAIN", level, stage_list(stage), weights, amp,
-                   channels_last, allow_python_layers)
+                   channels_last, allow_python_layers, **checks)
 
 
 # ---------------------------------------------------------------------- device query

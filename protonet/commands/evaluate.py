@@ -3,6 +3,7 @@ import sys
 
 import click
 
+from protonet.commands.options import net_checks
 from protonet.devices import device_for
 from protonet.eval.voc import AP_VERSIONS
 from protonet.tools.evaluate import evaluate
@@ -17,7 +18,10 @@ from protonet.tools.evaluate import evaluate
 @click.option("--labelmap", default=None, help="LabelMap for class names (default: the data layer's)")
 @click.option("--coco-gt", default=None, help="COCO instances JSON: score with pycocotools' COCOeval too")
 @click.option("--gpu", default=None, help="CUDA device id (default: CPU)")
-def eval_command(model, weights, iterations, ap_version, labelmap, coco_gt, gpu):
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
+              help="inference precision (bf16 needs a CPU with native bfloat16 or a GPU)")
+@net_checks()
+def eval_command(model, weights, iterations, ap_version, labelmap, coco_gt, gpu, precision, checks):
     """Evaluate a detection test net: VOC AP per class and mAP, or COCO's summary."""
     device = device_for(gpu)
 
@@ -25,7 +29,8 @@ def eval_command(model, weights, iterations, ap_version, labelmap, coco_gt, gpu)
         with click.progressbar(steps, label="eval", file=sys.stderr, show_pos=True) as bar:
             yield from bar
 
-    result = evaluate(model, weights, iterations, ap_version, labelmap, coco_gt, device, progress)
+    result = evaluate(model, weights, iterations, ap_version, labelmap, coco_gt, device, progress,
+                      precision=precision, **checks)
     names = result["names"]
     click.echo(f"Evaluated {result['iterations']} batches of {model}" + (f" with {weights}" if weights else ""))
     if result["map"] is not None:

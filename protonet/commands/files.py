@@ -3,17 +3,19 @@ import sys
 
 import click
 
+from protonet.commands.options import net_checks
 from protonet.errors import ProtonetError
 from protonet.io.describe import describe, load_any, shape_text, table, upgrade_loaded
 from protonet.io.dialects import dialect_report
 from protonet.io.prototxt import atomic_write, format_prototxt
 
 
-def _describe_shapes(net_param, path, phase):
+def _describe_shapes(net_param, path, phase, max_memory=None):
     """The layers a net builds in `phase`, with the shapes of their tops, as Caffe infers them."""
-    from protonet.net import Net  # builds torch modules: only for --shapes
+    from protonet.layers.base import NetContext  # builds torch modules: only for --shapes
+    from protonet.net import Net
 
-    net = Net(net_param, phase=phase)
+    net = Net(net_param, phase=phase, ctx=NetContext(max_memory=max_memory), source=path)
     rows = []
     for lparam in net.net_param.layer:
         tops = " ".join(shape_text(net.blob_shapes[t]) for t in lparam.top) or "-"
@@ -29,7 +31,8 @@ def _describe_shapes(net_param, path, phase):
               help="For a net: build it (weights from the fillers) and print the shape of every top.")
 @click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST",
               show_default=True, help="The phase whose layers --shapes builds.")
-def inspect_command(file, shapes, phase):
+@net_checks(data=False, weights=False)
+def inspect_command(file, shapes, phase, checks):
     """Print what FILE holds: layers (name, type, bottoms -> tops) of a net prototxt, layers and blob
     shapes of a .caffemodel, a solver, label map, solverstate or binaryproto blob.
 
@@ -40,7 +43,7 @@ def inspect_command(file, shapes, phase):
     if shapes:
         if kind != "net":
             raise ProtonetError(f"{file}: --shapes needs a net prototxt, this is a {kind} file")
-        click.echo("\n".join(_describe_shapes(msg, file, phase)))
+        click.echo("\n".join(_describe_shapes(msg, file, phase, **checks)))
         return
     lines = describe(kind, msg, file)
     if kind in ("net", "caffemodel"):

@@ -3,8 +3,9 @@ import os
 
 import cv2
 
-from protonet.data.records import CorruptRecord, Sample
+from protonet.data.records import CorruptRecord, Sample, read_image_file
 from protonet.errors import ProtonetError
+from protonet.io.prototxt import read_utf8_lines
 
 
 class ImageListSource:
@@ -14,17 +15,15 @@ class ImageListSource:
         if not os.path.isfile(list_path):
             raise ProtonetError(f"layer {name}: {list_path}: no such image list")
         self.lines = []
-        with open(list_path) as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\n")
-                if not line.strip():
-                    continue
-                path, _, label = line.rpartition(" ")
-                try:
-                    self.lines.append((path, int(label), lineno))
-                except ValueError:
-                    raise ProtonetError(f"{list_path}:{lineno}: expected 'path label', "
-                                        f"got {line!r}") from None
+        for lineno, line in enumerate(read_utf8_lines(list_path), 1):
+            if not line.strip():
+                continue
+            path, _, label = line.rpartition(" ")
+            try:
+                self.lines.append((path, int(label), lineno))
+            except ValueError:
+                raise ProtonetError(f"{list_path}:{lineno}: expected 'path label', "
+                                    f"got {line!r}") from None
         if not self.lines:
             raise ProtonetError(f"layer {name}: {list_path}: the image list is empty")
         self.list_path = list_path
@@ -38,7 +37,7 @@ class ImageListSource:
 
     def load(self, index):
         path, label, lineno = self.lines[index]
-        img = cv2.imread(self.root + path, self.flag)
+        img = read_image_file(self.root + path, self.flag)
         if img is None:
             raise CorruptRecord(f"{self.list_path}:{lineno}: cannot read image {self.root + path}")
         if self.size:

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from protonet.data.records import CorruptRecord, close_lmdb_handles, decode_record
+from protonet.data.records import CorruptRecord, close_lmdb_handles, decode_record, skip_or_raise
 from protonet.data.workers import die_with_parent, leave_signals_to_parent
 from protonet.errors import ProtonetError
 
@@ -49,7 +49,7 @@ class BatchMaker(torch.utils.data.Dataset):
     """
 
     def __init__(self, source, batch_size, process, labels, seed, rank=0, world_size=1,
-                 shuffle=False, skip=0, same_shape=True, name="data"):
+                 shuffle=False, skip=0, same_shape=True, name="data", strict=False):
         if batch_size <= 0:
             raise ProtonetError(f"layer {name}: batch_size must be positive")
         if not 0 <= rank < world_size:
@@ -68,6 +68,7 @@ class BatchMaker(torch.utils.data.Dataset):
         self.skip = int(skip)
         self.same_shape = same_shape
         self.name = name
+        self.strict = strict
         self._orders = {}
 
     def record_at(self, position):
@@ -86,6 +87,14 @@ class BatchMaker(torch.utils.data.Dataset):
         return 2**62
 
     def __getitem__(self, batch):
+        """(data, label, corrupt record messages, error): a user error in a worker travels back as
+        its message (a worker's exception would reach the parent wrapped in its traceback)."""
+        try:
+            return self._batch(batch) + (None,)
+        except ProtonetError as exc:
+            return None, None, [], str(exc)
+
+    def _batch(self, batch):
         rng = np.random.default_rng([self.seed, self.rank, int(batch)])
         position = self.skip + int(batch) * self.batch_size
         datas, samples, corrupt = [], [], []
@@ -97,19 +106,20 @@ class BatchMaker(torch.utils.data.Dataset):
                     sample = self.source.load(index)
                     break
                 except CorruptRecord as exc:
-                    log.warning("skipping corrupt record: %s", exc)
+                    skip_or_raise(exc, self.strict)
                     corrupt.append(str(exc))
                     extra += 1
                     if len(corrupt) > len(self.shard):
                         raise ProtonetError(f"layer {self.name}: no record decodes") from None
             data, out = self.process(sample, rng)
-            if self.same_shape and datas and data.shape != datas[0].shape:
+            if self.same_shape and datas and isinstance(data, np.ndarray) and data.shape != datas[0].shape:
                 raise ProtonetError(f"layer {self.name}: record {sample.key} gives shape "
                                     f"{data.shape}, the batch has {datas[0].shape}; give a "
                                     f"resize_param or crop_size, or use batch_size 1")
             datas.append(data)
             samples.append(out)
-        data = torch.from_numpy(np.stack(datas))
+        # Deferred pixels (protonet.data.device_transform) travel as a list: the device finishes them.
+        data = datas if not isinstance(datas[0], np.ndarray) else torch.from_numpy(np.stack(datas))
         label = self.labels(samples)
         label = None if label is None else torch.from_numpy(np.ascontiguousarray(label))
         return data, label, corrupt
@@ -161,7 +171,9 @@ class Prefetcher:
     def __next__(self):
         if self._it is None:
             self._start()
-        data, label, corrupt = next(self._it)
+        data, label, corrupt, error = next(self._it)
+        if error is not None:
+            raise ProtonetError(error)
         self.next_batch += 1
         self.corrupt += len(corrupt)
         return data, label
@@ -176,3 +188,48 @@ class Prefetcher:
         state = dict(self.__dict__)
         state["_it"] = None
         return state
+
+
+class DeviceFeeder:
+    """Batches of a Prefetcher on a device. On CUDA the next batch's copy (from pinned memory,
+    non-blocking, on a side stream) is issued as soon as the current one is handed out, so it
+    overlaps the step that uses the current one; elsewhere batches are moved when asked for."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self._ahead = None     # (device, stream, data, label) already on its way
+
+    def reset(self):
+        """Drop a batch sent ahead; returns how many were dropped (0 or 1): the stream position
+        moves back by that much."""
+        dropped = int(self._ahead is not None)
+        self._ahead = None
+        return dropped
+
+    def _send(self, device):
+        data, label = next(self.batches)
+        if device.type != "cuda":
+            return (device, None, _to(data, device), _to(label, device))
+        stream = torch.cuda.Stream(device)
+        with torch.cuda.stream(stream):
+            return (device, stream, _to(data, device), _to(label, device))
+
+    def next(self, device):
+        ahead = self._ahead if self._ahead is not None and self._ahead[0] == device else self._send(device)
+        _, stream, data, label = ahead
+        if stream is not None:
+            current = torch.cuda.current_stream(device)
+            current.wait_stream(stream)
+            for t in (data if isinstance(data, list) else [data]) + [label]:
+                if isinstance(t, torch.Tensor):
+                    t.record_stream(current)
+            self._ahead = self._send(device)
+        else:
+            self._ahead = None
+        return data, label
+
+
+def _to(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    return value

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from protonet import caffe_pb2
+from protonet.data.device_transform import check_supported, deferred_sample
 from protonet.data.image_list import ImageListSource
 from protonet.data.loader import BatchMaker, LmdbSource, Prefetcher
 from protonet.data.records import LmdbReader, Sample, first_good_record
 from protonet.data.transform import AnnotatedPipeline, Transformer, label_rows
 from protonet.data.video import VideoSource
 from protonet.errors import ProtonetError
+from protonet.sizes import FLOAT_BYTES, blob_count, reserve_bytes
 
 R = caffe_pb2.ResizeParameter
 log = logging.getLogger("protonet.data")
@@ -50,15 +52,19 @@ class PlainProcess:
 
 
 class AnnotatedProcess:
-    """process(sample, rng) for AnnotatedDatum records: distort, expand, batch_sampler crop, transform."""
+    """process(sample, rng) for AnnotatedDatum records: distort, expand, batch_sampler crop, transform.
+    on_device: hand over the crop with its draws instead (protonet.data.device_transform)."""
 
-    def __init__(self, pipeline, annotated=True):
+    def __init__(self, pipeline, annotated=True, on_device=False):
         self.pipeline = pipeline
         self.transformer = pipeline.t
         self.annotated = annotated
+        self.on_device = on_device
 
     def __call__(self, sample, rng):
         sample.annotated = self.annotated
+        if self.on_device:
+            return deferred_sample(self.pipeline, sample, rng)
         return self.pipeline(sample, rng)
 
 
@@ -100,6 +106,7 @@ class Pipeline:
     shuffle: bool = False
     label_shape: tuple | None = None
     prefetch: int = 4
+    device_transform: tuple | None = None   # (height, width, mean values, scale): the device finishes
     sequential: bool = False      # records must be read in order, in this process (a webcam)
 
     @property
@@ -120,6 +127,10 @@ class Pipeline:
         shapes = [(self.batch_size, c, h, w)]
         if n_tops > 1:
             shapes.append(self.label_shape or (self.batch_size,))
+        # the prefetch queue holds `prefetch` batches besides the tops: reserved while the net is built
+        batch_values = blob_count(shapes[0], f"layer {self.name}: data")
+        reserve_bytes(self.prefetch * batch_values * FLOAT_BYTES, f"layer {self.name}: {self.prefetch} prefetched "
+                      "batches", shapes[0])
         return shapes
 
     def batches(self, ctx, with_labels=True):
@@ -129,7 +140,7 @@ class Pipeline:
         maker = BatchMaker(self.source, self.batch_size, self.process, self.labels if with_labels else no_labels,
                            seed=(seed + salt) % 2**32, rank=ctx.rank, world_size=ctx.world_size,
                            shuffle=self.shuffle, skip=self.skip, name=self.name,
-                           same_shape=not self.fits_small_size)
+                           same_shape=not self.fits_small_size, strict=ctx.strict_data)
         return Prefetcher(maker, workers=0 if self.sequential else ctx.data_workers, prefetch=self.prefetch)
 
 
@@ -159,7 +170,7 @@ def _annotated_data(lp, ctx):
     adp = lp.annotated_data_param
     process = sample_processor(lp, ctx)
     color_mode = process.transformer.color_mode
-    first = first_good_record(reader, True, color_mode)
+    first = first_good_record(reader, True, color_mode, strict=ctx.strict_data)
     process.annotated = first.annotated or adp.HasField("anno_type")
     if adp.HasField("anno_type") and adp.anno_type != caffe_pb2.AnnotatedDatum.BBOX:
         raise ProtonetError(f"layer {lp.name}: unknown anno_type {adp.anno_type}")
@@ -168,17 +179,24 @@ def _annotated_data(lp, ctx):
         log.warning("layer %s: TEST phase leaves out the random %s", lp.name, ", ".join(skipped))
     batch = lp.data_param.batch_size
     label_shape = (1, 1, max(len(first.boxes), 1), 8) if process.annotated else (batch,)
+    device_transform = None
+    if ctx.data_on_device and process.transformer.random:
+        tp = lp.transform_param
+        check_supported(tp, f"layer {lp.name}: transform_param")
+        process.on_device = True
+        device_transform = (tp.resize_param.height, tp.resize_param.width, process.transformer.mean_values, tp.scale)
     return Pipeline(lp.name, LmdbSource(reader, True, color_mode), first, process,
                     label_rows if process.annotated else scalar_labels, batch,
                     skip=_rand_skip(lp.data_param.rand_skip, ctx), shuffle=ctx.data_shuffle,
-                    label_shape=label_shape, prefetch=lp.data_param.prefetch or 4)
+                    label_shape=label_shape, prefetch=lp.data_param.prefetch or 4,
+                    device_transform=device_transform)
 
 
 def _datum_data(lp, ctx):
     reader = _open_lmdb(lp, ctx)
     process = sample_processor(lp, ctx)
     color_mode = process.transformer.color_mode
-    first = first_good_record(reader, False, color_mode)
+    first = first_good_record(reader, False, color_mode, strict=ctx.strict_data)
     return Pipeline(lp.name, LmdbSource(reader, False, color_mode), first, process, scalar_labels,
                     lp.data_param.batch_size, skip=_rand_skip(lp.data_param.rand_skip, ctx),
                     shuffle=ctx.data_shuffle, prefetch=lp.data_param.prefetch or 4)
@@ -222,3 +240,30 @@ def pipeline_for(layer_param, ctx):
         raise ProtonetError(f"layer {layer_param.name}: no data pipeline for type {layer_param.type} "
                             f"(one of {', '.join(_COMPOSERS)})")
     return compose(layer_param, ctx)
+
+
+def source_path(layer_param, ctx):
+    """The file or directory a data layer reads (LMDB or image list), resolved."""
+    if layer_param.type == "ImageData":
+        return resolve(ctx, layer_param.image_data_param.source)
+    return resolve(ctx, layer_param.data_param.source)
+
+
+def static_top_shapes(layer_param, n_tops):
+    """The tops' shapes when the transform alone fixes them (crop, or a WARP / FIT_LARGE_SIZE_AND_PAD
+    resize): channels 1 with force_gray, else 3, the colour images of detection datasets. None
+    when only the records can tell (Caffe reads the first one)."""
+    tp = layer_param.transform_param
+    crop_h, crop_w = int(tp.crop_size or tp.crop_h), int(tp.crop_size or tp.crop_w)
+    rp = tp.resize_param
+    fixed = tp.HasField("resize_param") and rp.resize_mode in (R.WARP, R.FIT_LARGE_SIZE_AND_PAD) and rp.height > 0 \
+        and rp.width > 0
+    if not (crop_h and crop_w) and not fixed:
+        return None
+    height, width = (crop_h or int(rp.height)), (crop_w or int(rp.width))
+    batch = int(layer_param.image_data_param.batch_size if layer_param.type == "ImageData"
+                else layer_param.data_param.batch_size)
+    shapes = [(batch, 1 if tp.force_gray else 3, height, width)]
+    if n_tops > 1:
+        shapes.append((1, 1, 1, 8) if layer_param.type == "AnnotatedData" else (batch,))
+    return shapes

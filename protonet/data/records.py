@@ -14,6 +14,7 @@ import lmdb
 import numpy as np
 
 from protonet import caffe_pb2
+from protonet.data.image_header import implausible_size
 from protonet.errors import ProtonetError
 
 log = logging.getLogger("protonet.data")
@@ -21,6 +22,16 @@ log = logging.getLogger("protonet.data")
 
 class CorruptRecord(ProtonetError):
     """A record that does not parse or whose image does not decode; names the key."""
+
+
+class BadBoxes(CorruptRecord):
+    """A record whose boxes are not finite or lie far outside their image; names the key and box."""
+
+
+# Normalized box coordinates: a box may stick out of its image (VOC and COCO boxes do, by a pixel or
+# so) but not by more than the image's own size; beyond that, or not finite, it is bad data.
+BOX_RANGE = (-1.0, 2.0)
+_INT_MAX = 2**31 - 1
 
 
 @dataclass
@@ -97,12 +108,36 @@ def imdecode(data, color_mode, what):
     """Decode image bytes like Caffe: color_mode None = native (-1), True = color, False = gray."""
     flag = cv2.IMREAD_UNCHANGED if color_mode is None else (
         cv2.IMREAD_COLOR if color_mode else cv2.IMREAD_GRAYSCALE)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    if img is None:
+    implausible = implausible_size(data)
+    if implausible:
+        raise CorruptRecord(f"{what}: image data does not decode ({implausible})")
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flag) if len(data) else None
+    except cv2.error:
+        img = None
+    if img is None or img.size == 0:
         raise CorruptRecord(f"{what}: image data does not decode")
     if img.ndim == 2:
         img = img[:, :, None]
     return img
+
+
+def read_image_file(path, flag=cv2.IMREAD_COLOR):
+    """cv2.imread (as cv2.imdecode of the file's bytes), with None for anything it cannot read (a
+    directory, a missing file, an image over OpenCV's pixel limit or whose header claims more pixels
+    than the file holds) instead of an exception."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, ValueError):
+        return None
+    if not data or implausible_size(data):  # a header claiming more pixels than the file can hold
+        return None
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    except cv2.error:
+        return None
+    return None if img is None or img.size == 0 else img
 
 
 def datum_image(datum, key, color_mode=None):
@@ -110,6 +145,8 @@ def datum_image(datum, key, color_mode=None):
     if datum.encoded:
         return imdecode(datum.data, color_mode, f"record {key}")
     c, h, w = datum.channels, datum.height, datum.width
+    if min(c, h, w) <= 0 or c * h * w > _INT_MAX:
+        raise CorruptRecord(f"record {key}: raw datum of {c}x{h}x{w} (channels x height x width) is not an image")
     if datum.data:
         if len(datum.data) != c * h * w:
             raise CorruptRecord(f"record {key}: data holds {len(datum.data)} bytes, "
@@ -143,6 +180,21 @@ def annotations_of(anno_datum):
             arr[:, 1].astype(np.int64), arr[:, 6].astype(bool))
 
 
+def check_boxes(sample):
+    """BadBoxes naming the record and the first box whose coordinates are not finite or outside BOX_RANGE."""
+    boxes = sample.boxes
+    if not len(boxes):
+        return
+    low, high = BOX_RANGE
+    with np.errstate(invalid="ignore"):
+        bad = ~np.all(np.isfinite(boxes) & (boxes >= low) & (boxes <= high), axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        coords = ", ".join(f"{v:g}" for v in boxes[i])
+        raise BadBoxes(f"record {sample.key}: box {i} (label {int(sample.labels[i])}) has coordinates "
+                       f"[{coords}]; normalized coordinates must be finite and within [{low:g}, {high:g}]")
+
+
 def decode_record(key, value, annotated, color_mode=None):
     """Parse and decode one LMDB value. `annotated`: AnnotatedDatum (else Datum)."""
     if isinstance(key, bytes):
@@ -156,11 +208,12 @@ def decode_record(key, value, annotated, color_mode=None):
     except Exception as exc:  # protobuf's DecodeError and friends
         raise CorruptRecord(f"record {key}: does not parse as "
                             f"{'AnnotatedDatum' if annotated else 'Datum'} ({exc})") from None
-    image = datum_image(datum, key, color_mode)
-    sample = Sample(key, image, label=datum.label, encoded=datum.encoded)
+    sample = Sample(key, None, label=datum.label, encoded=datum.encoded)
     if annotated:
         sample.annotated = msg.HasField("type")
         sample.boxes, sample.labels, sample.instance_ids, sample.difficult = annotations_of(msg)
+        check_boxes(sample)
+    sample.image = datum_image(datum, key, color_mode)
     return sample
 
 
@@ -211,12 +264,19 @@ class LmdbReader:
         return key, value
 
 
-def first_good_record(reader, annotated, color_mode=None):
+def skip_or_raise(exc, strict):
+    """A corrupt record is skipped with a warning naming it, or with `strict` (--strict-data) an error."""
+    if strict:
+        raise ProtonetError(f"{exc} (--strict-data)") from None
+    log.warning("skipping %s record: %s", "bad" if isinstance(exc, BadBoxes) else "corrupt", exc)
+
+
+def first_good_record(reader, annotated, color_mode=None, strict=False):
     """The first record that decodes (Caffe peeks at it to shape the tops)."""
     for i in range(len(reader)):
         key, value = reader.get(i)
         try:
             return decode_record(key, value, annotated, color_mode)
         except CorruptRecord as exc:
-            log.warning("skipping corrupt record: %s", exc)
+            skip_or_raise(exc, strict)
     raise ProtonetError(f"{reader.path}: no record decodes")

@@ -143,8 +143,9 @@ class Transformer:
             out = out.with_boxes(self._round_trip(sample, out.pixels()), out.boxes, slice(None))
         return out
 
-    def crop_to_window(self, sample, window):
-        """Crop the image to a normalized window (a batch-sampler sample)."""
+    def crop_to_window(self, sample, window, with_offset=False):
+        """Crop the image to a normalized window (a batch-sampler sample); with_offset: also
+        the crop's (y, x) in the image."""
         window = bx.clip(window)[0]
         h, w = sample.size
         x0, y0 = F32(window[0]) * F32(w), F32(window[1]) * F32(h)
@@ -154,7 +155,8 @@ class Transformer:
         img = np.ascontiguousarray(sample.pixels(h_off, w_off, ch, cw))
         img = self._round_trip(sample, img)
         boxes, keep = self.carry_boxes(sample, window, mirror=False, resize_from=None)
-        return sample.with_boxes(img, boxes, keep)
+        out = sample.with_boxes(img, boxes, keep)
+        return (out, (h_off, w_off)) if with_offset else out
 
     # ---- boxes --------------------------------------------------------------------------------
 

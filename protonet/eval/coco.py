@@ -51,21 +51,33 @@ def detections_to_coco(rows, image_ids, image_sizes, label_to_category=None):
     return out
 
 
+def _checked_results(results, path):
+    """A COCO results document: a list of {image_id, category_id, bbox, score}."""
+    from protonet.io.json_files import check_box
+
+    if not isinstance(results, list):
+        raise ProtonetError(f"{path}: COCO results are a JSON list")
+    for i, r in enumerate(results):
+        if not isinstance(r, dict) or not all(k in r for k in ("image_id", "category_id", "bbox", "score")):
+            raise ProtonetError(f"{path}: result {i} needs image_id, category_id, bbox and score")
+        check_box(r["bbox"], f"{path}: result {i}")
+    return results
+
+
 def coco_evaluate(annotation_file, results, log=None):
     """COCOeval (bbox) of `results` (a list of dicts or a results .json) against `annotation_file`.
     Returns {stat name: value}; `log(line)` receives pycocotools' printed summary."""
-    # pycocotools imports matplotlib: loaded only when COCO is scored
-    from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
+
+    from protonet.io.json_files import load_coco, read_json
 
     if not os.path.exists(annotation_file):
         raise ProtonetError(f"{annotation_file}: no such annotation file")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        gt = COCO(os.fspath(annotation_file))
+        gt = load_coco(annotation_file, for_eval=True)
         if isinstance(results, (str, os.PathLike)):
-            with open(results) as fh:
-                results = json.load(fh)
+            results = _checked_results(read_json(results), os.fspath(results))
         if not results:
             raise ProtonetError("COCO evaluation: no detections to evaluate")
         dt = gt.loadRes(results)

@@ -5,9 +5,18 @@ never as Python lists: VGG-sized nets hold 10^8 floats. NVCaffe's raw storage (`
 FLOAT16/FLOAT/DOUBLE with the values as bytes in `raw_data`, as in OpenCV's fp16 face detector)
 is read into float32 (DOUBLE into float64, like `double_data`).
 """
+from __future__ import annotations
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from protonet import caffe_pb2
+from protonet.errors import ProtonetError
+
+if TYPE_CHECKING:
+    import torch
 
 # wire tags (field number << 3 | length-delimited) of BlobProto's fields
 _TAG_SHAPE = b"\x3a"  # shape = 7
@@ -15,6 +24,19 @@ _TAG_DATA = b"\x2a"  # data = 5, packed float
 _TAG_DIFF = b"\x32"  # diff = 6, packed float
 _TAG_DIM = b"\x0a"  # BlobShape.dim = 1, packed int64
 _LEGACY_DIMS = ("num", "channels", "height", "width")
+
+
+class BlobError(ProtonetError, ValueError):
+    """A stored blob whose values do not fill its shape, or whose shape is not a shape."""
+
+
+def shape_count(shape):
+    """The number of values a shape needs, in Python ints (no int64 wrap-around); BlobError for a
+    negative dimension."""
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise BlobError(f"shape {list(shape)} has a negative dimension")
+    return math.prod(shape)
 
 
 def varint(value):
@@ -39,7 +61,7 @@ def raw_dtype(type_value, what="raw_data"):
     dtype = RAW_DTYPES.get(type_value)
     if dtype is None:
         name = caffe_pb2.Type.Name(type_value) if type_value in caffe_pb2.Type.values() else str(type_value)
-        raise ValueError(f"{what} of type {name}: only FLOAT16, FLOAT and DOUBLE blobs hold weights")
+        raise BlobError(f"{what} of type {name}: only FLOAT16, FLOAT and DOUBLE blobs hold weights")
     return np.dtype(dtype)
 
 
@@ -47,7 +69,7 @@ def raw_values(data, type_value, what="raw_data"):
     """NVCaffe raw bytes as a float32 array (float64 for DOUBLE)."""
     dtype = raw_dtype(type_value, what)
     if len(data) % dtype.itemsize:
-        raise ValueError(f"{what}: {len(data)} bytes is not a whole number of {dtype.itemsize}-byte values")
+        raise BlobError(f"{what}: {len(data)} bytes is not a whole number of {dtype.itemsize}-byte values")
     arr = np.frombuffer(data, dtype=dtype)
     return arr.astype(np.float64 if dtype.itemsize == 8 else np.float32)
 
@@ -63,7 +85,7 @@ def _values(blob, diff):
     return (blob.double_data, np.float64) if len(blob.double_data) else (blob.data, np.float32)
 
 
-def blob_shape(blob):
+def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
     """The blob's shape; the legacy 4-D fields win over `shape`, as in Caffe's Blob::FromProto."""
     if any(blob.HasField(f) for f in _LEGACY_DIMS):
         return (blob.num, blob.channels, blob.height, blob.width)
@@ -76,7 +98,7 @@ def blob_shape(blob):
     return (n,) if n else (0,)
 
 
-def blob_fits_shape(blob, shape):
+def blob_fits_shape(blob: caffe_pb2.BlobProto, shape: Sequence[int]) -> bool:
     """Caffe's Blob::ShapeEquals(BlobProto): whether a stored blob fits a blob of `shape`.
 
     Legacy 4-D blobs count their axes from the end, so an InnerProduct weight stored as
@@ -87,20 +109,20 @@ def blob_fits_shape(blob, shape):
     return tuple(int(d) for d in blob.shape.dim) == shape
 
 
-def blob_to_array(blob, diff=False, shape=None):
+def blob_to_array(blob: caffe_pb2.BlobProto, diff: bool = False, shape: Sequence[int] | None = None) -> np.ndarray:
     """The blob's data (or diff) as a float32 array (float64 if stored as double) of its shape;
     NVCaffe raw data (FLOAT16, FLOAT, DOUBLE) likewise.
 
     With `shape`, the blob must fit it as Caffe's ShapeEquals decides (else ValueError) and the array
     takes that shape, as when Caffe copies trained weights into a net's blobs."""
     if shape is not None and not blob_fits_shape(blob, shape):
-        raise ValueError(f"stored shape {list(blob_shape(blob))} does not fit {list(shape)}")
+        raise BlobError(f"stored shape {list(blob_shape(blob))} does not fit {list(shape)}")
     shape = blob_shape(blob) if shape is None else tuple(int(d) for d in shape)
     values, dtype = _values(blob, diff)
-    arr = np.asarray(values, dtype=dtype)
-    if arr.size != int(np.prod(shape)):
-        raise ValueError(f"blob holds {arr.size} values but its shape {list(shape)} needs {int(np.prod(shape))}")
-    return arr.reshape(shape)
+    need = shape_count(shape)
+    if len(values) != need:
+        raise BlobError(f"blob holds {len(values)} values but its shape {list(shape)} needs {need}")
+    return np.asarray(values, dtype=dtype).reshape(shape)
 
 
 def _as_float32(arr):
@@ -137,7 +159,8 @@ def blob_pieces(arr, diff=None):
     return pieces
 
 
-def array_to_blob(arr, diff=None, blob=None):
+def array_to_blob(arr: "np.ndarray | torch.Tensor", diff: "np.ndarray | torch.Tensor | None" = None,
+                  blob: caffe_pb2.BlobProto | None = None) -> caffe_pb2.BlobProto:
     """A BlobProto with `shape` set (Caffe's current form) from a numpy array or tensor."""
     blob = blob if blob is not None else caffe_pb2.BlobProto()
     # protobuf parses packed floats with a memcpy: far faster than extending from a list.

@@ -8,12 +8,10 @@ BlobProto = a binaryproto mean).
 import os
 import re
 
-import numpy as np
-
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
 from protonet.io import upgrade as upgrade_rules
-from protonet.io.blobs import blob_shape, blob_to_array
+from protonet.io.blobs import BlobError, blob_shape, blob_to_array, shape_count
 from protonet.io.prototxt import (
     read_bytes,
     format_prototxt,
@@ -116,13 +114,39 @@ def _rule_text(layer):
     return f"  [{'; '.join(rules)}]" if rules else ""
 
 
+def _values_held(blob):
+    return len(blob.data) or len(blob.double_data)
+
+
+def _values_needed(blob):
+    """The values the blob's shape needs; None for a shape with a negative dimension."""
+    try:
+        return shape_count(blob_shape(blob))
+    except BlobError:
+        return None
+
+
+def _unfilled_blobs(net):
+    """Lines naming every stored blob whose values do not fill its shape."""
+    lines = []
+    for layer in net.layer:
+        for i, blob in enumerate(layer.blobs):
+            held, needed = _values_held(blob), _values_needed(blob)
+            if held != needed:
+                need = f"needs {needed} values" if needed is not None else "has a negative dimension"
+                lines.append(f"  warning: layer {layer.name} blob {i}: its shape {shape_text(blob_shape(blob))} "
+                             f"{need}, the file holds {held}")
+    return lines
+
+
 def _describe_net(net, path, with_blobs):
     lines = []
     name = net.name or "(unnamed)"
     if with_blobs:
-        counts = [int(np.prod(blob_shape(b))) for layer in net.layer for b in layer.blobs]
+        held = sum(_values_held(b) for layer in net.layer for b in layer.blobs)
         lines.append(f"{path}: caffemodel, net {name}, {len(net.layer)} layers, "
-                     f"{sum(1 for l in net.layer if len(l.blobs))} with blobs, {sum(counts)} parameters")
+                     f"{sum(1 for l in net.layer if len(l.blobs))} with blobs, {held} parameters")
+        lines += _unfilled_blobs(net)
     else:
         lines.append(f"{path}: net {name}, {len(net.layer)} layers")
     for i, blob in enumerate(net.input):
@@ -157,7 +181,8 @@ def describe(kind, msg, path):
     if kind == "solverstate":
         lines = [f"{path}: solverstate, iter {msg.iter}, current_step {msg.current_step}",
                  f"  learned_net {msg.learned_net or '-'}", f"  {len(msg.history)} history blobs"]
-        lines += [f"    {i}: {shape_text(blob_shape(b))}" for i, b in enumerate(msg.history)]
+        lines += [f"    {i}: {shape_text(blob_shape(b))}" + ("" if _values_held(b) == _values_needed(b) else
+                  f" (warning: the file holds {_values_held(b)} values)") for i, b in enumerate(msg.history)]
         return lines
     if kind == "blob":
         arr = blob_to_array(msg)

@@ -3,20 +3,21 @@
 The lookups follow the fork's MapNameToLabel / MapLabelToName / MapLabelToDisplayName: with
 `strict=True` a repeated key is an error, otherwise the last item wins.
 """
+from __future__ import annotations
 import os
 import re
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
-from protonet.io.prototxt import read_prototxt, read_text, write_prototxt
+from protonet.io.prototxt import PathLike, read_prototxt, read_utf8_lines, write_prototxt
 
 
-def read_labelmap(path):
+def read_labelmap(path: PathLike) -> caffe_pb2.LabelMap:
     """A LabelMap from its prototxt file."""
     return read_prototxt(path, caffe_pb2.LabelMap)
 
 
-def write_labelmap(label_map, path):
+def write_labelmap(label_map: caffe_pb2.LabelMap, path: PathLike) -> None:
     write_prototxt(label_map, path)
 
 
@@ -30,22 +31,24 @@ def _mapping(label_map, key_of, value_of, what, strict, source):
     return out
 
 
-def map_name_to_label(label_map, strict=True, source="label map"):
+def map_name_to_label(label_map: caffe_pb2.LabelMap, strict: bool = True, source: str = "label map") -> dict[str, int]:
     """name -> label."""
     return _mapping(label_map, lambda i: i.name, lambda i: i.label, "name", strict, source)
 
 
-def map_label_to_name(label_map, strict=True, source="label map"):
+def map_label_to_name(label_map: caffe_pb2.LabelMap, strict: bool = True, source: str = "label map") -> dict[int, str]:
     """label -> name."""
     return _mapping(label_map, lambda i: i.label, lambda i: i.name, "label", strict, source)
 
 
-def map_label_to_display_name(label_map, strict=True, source="label map"):
+def map_label_to_display_name(label_map: caffe_pb2.LabelMap, strict: bool = True,
+                              source: str = "label map") -> dict[int, str]:
     """label -> display name."""
     return _mapping(label_map, lambda i: i.label, lambda i: i.display_name, "label", strict, source)
 
 
-def label_names(path, display=False, strict=False, where=None):
+def label_names(path: PathLike | None, display: bool = False, strict: bool = False,
+                where: str | None = None) -> dict[int, str]:
     """label -> name from a LabelMap file ({} without a path): the one reader of class names for
     DetectionOutput's result files, `eval` and `detect`. `display=True` gives the display name
     where an item has one; `strict` makes a repeated label an error, as the fork's MapLabelToName."""
@@ -68,7 +71,15 @@ def _atoi(text):
     return int(match.group(1)) if match else 0
 
 
-def read_label_file(path, include_background=True, delimiter=" :;"):
+def _label(text, path, lineno):
+    """A label field: C's atoi, within the int32 a LabelMapItem holds."""
+    label = _atoi(text)
+    if not -2**31 <= label < 2**31:
+        raise ProtonetError(f"{path}:{lineno}: label {label} does not fit in a 32-bit int")
+    return label
+
+
+def read_label_file(path: PathLike, include_background: bool = True, delimiter: str = " :;") -> caffe_pb2.LabelMap:
     """A LabelMap from a plain list, one `name [label] [display_name]` per line (the fork's
     ReadLabelFileToLabelMap): any character of `delimiter` separates fields, every line has the same
     number of fields; one field numbers the names from 0 (1 after the background item that
@@ -79,13 +90,10 @@ def read_label_file(path, include_background=True, delimiter=" :;"):
     if include_background:
         label_map.item.add(name="none_of_the_above", label=label, display_name="background")
         label += 1
-    lines = read_text(path).split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the newline ending the last line does not start another
+    lines = read_utf8_lines(path)
     split = re.compile("[" + re.escape(delimiter) + "]") if delimiter else None
     field_count = None
     for lineno, line in enumerate(lines, 1):
-        line = line.rstrip("\r")
         fields = split.split(line) if split else [line]
         if field_count is None:
             field_count = len(fields)
@@ -95,10 +103,10 @@ def read_label_file(path, include_background=True, delimiter=" :;"):
             label_map.item.add(name=fields[0], label=label, display_name=fields[0])
             label += 1
         elif field_count == 2:
-            label = _atoi(fields[1])
+            label = _label(fields[1], path, lineno)
             label_map.item.add(name=fields[0], label=label, display_name=fields[0])
         elif field_count == 3:
-            label = _atoi(fields[1])
+            label = _label(fields[1], path, lineno)
             label_map.item.add(name=fields[0], label=label, display_name=fields[2])
         else:
             raise ProtonetError(f"{path}:{lineno}: {field_count} fields; a line has 1 to 3 "

@@ -1,9 +1,12 @@
 """Text and binary protobuf files with errors that name the place."""
+from __future__ import annotations
+import mmap
 import os
 import re
+from typing import TypeVar
 
 from google.protobuf import text_format
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError, PrototxtError
@@ -11,24 +14,27 @@ from protonet.io.atomic import atomic_write
 from protonet.io.foreign import foreign_field
 from protonet.io.upgrade import upgrade_net, upgrade_solver
 
+PathLike = str | os.PathLike
+M = TypeVar("M", bound=Message)
+
 # bytes below 32 other than \t \n \v \f \r: never in a text proto, always early in a binary one
 _CONTROL_BYTE = re.compile(rb"[\x00-\x08\x0e-\x1f]")
 
 
-def _clean_parse_message(msg, line, col, text):
+def _clean_parse_message(msg, line, col, line_text):
     """text_format's description without its "LINE:COL : " prefix or a quoted copy of the line."""
     prefix = f"{line}:{col} : "
     if msg.startswith(prefix):
         msg = msg[len(prefix):]
-    if line and text is not None and msg.startswith("'"):
-        lines = text.splitlines()
-        if 0 < line <= len(lines):
-            quoted = f"'{lines[line - 1]}': "
+    if line_text is not None and msg.startswith("'"):
+        for quoted in (f"'{line_text}': ", f"'{line_text.rstrip(chr(10))}': ", f"'{line_text.rstrip()}': "):
             if msg.startswith(quoted):
                 msg = msg[len(quoted):]
+                break
     if "surrogates not allowed" in msg:
         msg = "a string value that is not UTF-8"
-    # bytes that were not UTF-8 stay printable as escapes
+    # bytes that were not UTF-8 (kept as surrogates) are shown as the bytes they were: \xff
+    msg = re.sub("[\udc80-\udcff]", lambda m: f"\\x{ord(m.group()) - 0xdc00:02x}", msg)
     return " ".join(msg.encode("utf-8", "backslashreplace").decode("utf-8").split())
 
 
@@ -42,17 +48,49 @@ def _with_fork(msg):
     return f"{msg.rstrip('.')} (a field of {fork}, which protonet does not run)" if fork else msg
 
 
-def parse_prototxt(text, message, filename="<string>"):
-    """Merge prototxt `text` into `message`; a parse error names FILE:LINE:COL."""
+# Nesting deeper than any Caffe message (NetParameter > LayerParameter > ... is under 10 levels):
+# refuse it with a parse error instead of running out of Python's stack.
+_MAX_NESTING = 64
+# Caffe reads binary protos through a CodedInputStream limited to INT_MAX bytes.
+_MAX_BINARY_PROTO_BYTES = 2**31 - 1
+
+
+def _first_non_utf8(lines):
+    """(line, column) of the first byte that is not UTF-8 outside a comment in {lineno: text}, or None."""
+    for lineno, line in sorted(lines.items()):
+        code = line.split("#", 1)[0]
+        for col, ch in enumerate(code, 1):
+            if "\udc80" <= ch <= "\udcff":
+                return lineno, col
+    return None
+
+
+def _merge(lines, message, filename, known_lines):
+    """text_format.MergeLines with every failure a PrototxtError naming FILE:LINE:COL.
+
+    `known_lines()` gives {line number: text} of the lines still at hand, for the error message."""
     try:
-        text_format.Merge(text, message)
+        text_format.MergeLines(lines, message, max_recursion_depth=_MAX_NESTING)
     except text_format.ParseError as exc:
         line, col = exc.GetLine(), exc.GetColumn()
-        msg = _with_fork(_clean_parse_message(str(exc), line, col, text))
+        msg = _with_fork(_clean_parse_message(str(exc), line, col, known_lines().get(line)))
         if line is None:
             raise PrototxtError(f"{filename}: {msg}") from None
         raise PrototxtError(f"{filename}:{line}:{col}: {msg}") from None
+    except (SystemError, UnicodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # upb fails this way on a name holding bytes that are not UTF-8 (an enum value, a field name)
+        where = _first_non_utf8(known_lines())
+        if where is not None:
+            raise PrototxtError(f"{filename}:{where[0]}:{where[1]}: a byte that is not UTF-8 outside a "
+                                "string or comment") from None
+        raise PrototxtError(f"{filename}: does not parse ({type(exc).__name__}: {exc})") from None
     return message
+
+
+def parse_prototxt(text: str, message: Message, filename: str = "<string>") -> Message:
+    """Merge prototxt `text` into `message`; a parse error names FILE:LINE:COL."""
+    lines = text.split("\n")
+    return _merge(lines, message, filename, lambda: dict(enumerate(lines, 1)))
 
 
 def read_bytes(path):
@@ -60,12 +98,19 @@ def read_bytes(path):
     try:
         with open(path, "rb") as fh:
             return fh.read()
-    except FileNotFoundError:
-        raise ProtonetError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ProtonetError(f"{path}: is a directory, expected a file") from None
-    except PermissionError:
-        raise ProtonetError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise ProtonetError(describe_os_error(path, exc)) from None
+
+
+def describe_os_error(path, exc):
+    """One line naming `path` and what the system said (no such file, permission denied, ...)."""
+    if isinstance(exc, FileNotFoundError):
+        return f"{path}: no such file"
+    if isinstance(exc, IsADirectoryError):
+        return f"{path}: is a directory, expected a file"
+    if isinstance(exc, PermissionError):
+        return f"{path}: permission denied"
+    return f"{path}: cannot read ({exc.strerror or exc})"
 
 
 def read_text(path):
@@ -76,9 +121,78 @@ def read_text(path):
     return text
 
 
-def read_prototxt(path, message_cls):
-    """Read a text proto file into a new `message_cls` message."""
-    return parse_prototxt(read_text(path), message_cls(), filename=os.fspath(path))
+def read_utf8_lines(path):
+    """The lines of a small text file (a list, a label file), without their line ends; a line that
+    is not UTF-8 or holds a NUL byte is an error naming it."""
+    path = os.fspath(path)
+    lines = read_bytes(path).split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the newline ending the last line does not start another
+    out = []
+    for lineno, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtonetError(f"{path}:{lineno}: not UTF-8 text") from None
+        if "\x00" in line:
+            raise ProtonetError(f"{path}:{lineno}: a NUL byte: not a text file")
+        out.append(line.rstrip("\r"))
+    return out
+
+
+class _TextLines:
+    """The lines of a text file, read one at a time (a 200 MB prototxt never sits in memory as
+    text, nor as a list of lines); the last few are kept for error messages."""
+
+    def __init__(self, path):
+        self.path = path
+        self.recent = {}
+
+    def __iter__(self):
+        try:
+            with open(self.path, "rb") as fh:
+                if looks_like_text(fh.read(4096)) is None:
+                    raise PrototxtError(f"{self.path}:1:1: not a text file (is it a binary proto?)")
+                fh.seek(0)
+                for lineno, raw in enumerate(fh, 1):
+                    line = looks_like_text(raw)
+                    if line is None:
+                        raise PrototxtError(f"{self.path}:{lineno}:1: a control character: not a text file")
+                    self.recent[lineno] = line
+                    self.recent.pop(lineno - 4, None)
+                    yield line
+        except OSError as exc:
+            raise ProtonetError(describe_os_error(self.path, exc)) from None
+
+
+
+# a line opening a layer of a net (current `layer {` or V1 `layers {`)
+_LAYER_BLOCK = re.compile(rb"^[ \t]*layers?[ \t]*[{<]", re.MULTILINE)
+
+
+def count_layer_blocks(path):
+    """How many lines of a net prototxt open a `layer {` (or `layers {`) block, counted without
+    parsing: an upper bound of its layers, to refuse a net too large for memory before reading it."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                return 0
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                return sum(1 for _ in _LAYER_BLOCK.finditer(buf))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, OSError):
+            raise ProtonetError(describe_os_error(path, exc)) from None
+        return 0
+
+
+def read_prototxt(path: PathLike, message_cls: type[M]) -> M:
+    """Read a text proto file into a new `message_cls` message, streaming its lines."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ProtonetError(f"{path}: is a directory, expected a file")
+    lines = _TextLines(path)
+    return _merge(lines, message_cls(), path, lambda: lines.recent)
 
 
 def looks_like_text(data):
@@ -164,12 +278,34 @@ def wire_fits(fields, message_cls, allow_unknown=False):
     return known or not fields
 
 
+def _non_utf8_string(message, path=""):
+    """The field path ("layer[3].top[0]") of the first string field holding bytes that are not UTF-8
+    (protobuf hands those back as bytes), or None. Blob data is not walked: it holds no strings."""
+    for fd, value in message.ListFields():
+        name = f"{path}.{fd.name}" if path else fd.name
+        values = value if fd.is_repeated else [value]
+        if fd.type == fd.TYPE_STRING:
+            for i, v in enumerate(values):
+                if isinstance(v, bytes):
+                    return f"{name}[{i}]" if fd.is_repeated else name
+        elif fd.message_type is not None and fd.message_type.name != "BlobProto":
+            for i, v in enumerate(values):
+                found = _non_utf8_string(v, f"{name}[{i}]" if fd.is_repeated else name)
+                if found:
+                    return found
+    return None
+
+
 def parse_binary_proto(data, message_cls, filename="<bytes>"):
     """A `message_cls` from serialized bytes; bytes that are not that message are an error naming the file."""
+    what = message_cls.DESCRIPTOR.name
+    if len(data) > _MAX_BINARY_PROTO_BYTES:
+        raise ProtonetError(f"{filename}: {len(data)} bytes, more than a binary {what} can hold "
+                            f"({_MAX_BINARY_PROTO_BYTES}, Caffe's limit too)")
     fields = wire_fields(data)
     if fields is None or not wire_fits(fields, message_cls, allow_unknown=True):
         hint = " (it looks like a text prototxt)" if looks_like_text(data) is not None else ""
-        raise ProtonetError(f"{filename}: not a binary {message_cls.DESCRIPTOR.name} file{hint}")
+        raise ProtonetError(f"{filename}: not a binary {what} file{hint}")
     if message_cls.DESCRIPTOR.full_name == "caffe.NetParameter":
         from protonet.io.dialects import translate_net_bytes  # dialects imports this module
 
@@ -180,34 +316,45 @@ def parse_binary_proto(data, message_cls, filename="<bytes>"):
     msg = message_cls()
     try:
         msg.ParseFromString(data)
-    except DecodeError as exc:
-        raise ProtonetError(f"{filename}: not a valid binary {message_cls.DESCRIPTOR.name} ({exc})") from None
+    except (DecodeError, RuntimeError, ValueError, SystemError) as exc:
+        raise ProtonetError(f"{filename}: not a valid binary {what} ({exc})") from None
+    bad = _non_utf8_string(msg)
+    if bad is not None:
+        raise ProtonetError(f"{filename}: {bad} holds bytes that are not UTF-8 text")
     return msg
 
 
-def read_binary_proto(path, message_cls):
+def read_binary_proto(path: PathLike, message_cls: type[M]) -> M:
     """Read a binary proto file (caffemodel, solverstate, binaryproto mean)."""
-    return parse_binary_proto(read_bytes(os.fspath(path)), message_cls, os.fspath(path))
+    path = os.fspath(path)
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise ProtonetError(describe_os_error(path, exc)) from None
+    if size > _MAX_BINARY_PROTO_BYTES:  # refused before reading it
+        raise ProtonetError(f"{path}: {size} bytes, more than a binary {message_cls.DESCRIPTOR.name} can hold "
+                            f"({_MAX_BINARY_PROTO_BYTES}, Caffe's limit too)")
+    return parse_binary_proto(read_bytes(path), message_cls, path)
 
 
 # `key: 1.0` can only be a float field (strings are quoted, ints have no point, enums are names)
 _INTEGRAL_FLOAT = re.compile(r"^(\s*\w+: -?\d+)\.0$", re.MULTILINE)
 
 
-def format_prototxt(message):
+def format_prototxt(message: Message) -> str:
     """The text form of `message` as Caffe prints it: integral floats without ".0" (`lr_mult: 1`)."""
     return _INTEGRAL_FLOAT.sub(r"\1", text_format.MessageToString(message))
 
 
-def write_prototxt(message, path):
+def write_prototxt(message: Message, path: PathLike) -> None:
     atomic_write(path, format_prototxt(message).encode("utf-8"))
 
 
-def write_binary_proto(message, path):
+def write_binary_proto(message: Message, path: PathLike) -> None:
     atomic_write(path, message.SerializeToString())
 
 
-def read_net_prototxt(path, input_fields_to_layer=False):
+def read_net_prototxt(path: PathLike, input_fields_to_layer: bool = False) -> caffe_pb2.NetParameter:
     """A net prototxt as an upgraded NetParameter (V0/V1 layers, old data and BatchNorm fields),
     as Caffe's ReadNetParamsFromTextFileOrDie; see protonet.io.upgrade.upgrade_net."""
     net = read_prototxt(path, caffe_pb2.NetParameter)
@@ -215,7 +362,7 @@ def read_net_prototxt(path, input_fields_to_layer=False):
     return net
 
 
-def read_solver_prototxt(path):
+def read_solver_prototxt(path: PathLike) -> caffe_pb2.SolverParameter:
     """A solver prototxt as a SolverParameter with the old `solver_type` enum upgraded to `type`."""
     solver = read_prototxt(path, caffe_pb2.SolverParameter)
     upgrade_solver(solver, source=os.fspath(path))

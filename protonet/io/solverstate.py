@@ -1,25 +1,39 @@
 """.solverstate files: a binary SolverState (iteration, lr step, the update history blobs and the
 name of the .caffemodel written with it), as Caffe's solvers snapshot them."""
+from __future__ import annotations
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from protonet import caffe_pb2
-from protonet.io.blobs import array_to_blob, blob_field_pieces, blob_to_array, serialize_around
+from protonet.io.blobs import BlobError, array_to_blob, blob_field_pieces, blob_to_array, serialize_around
 from protonet.io.atomic import atomic_open
-from protonet.io.prototxt import read_binary_proto
+from protonet.io.prototxt import PathLike, read_binary_proto
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 _HISTORY = 3  # SolverState.history
 
 
-def read_solverstate(path):
+def read_solverstate(path: PathLike) -> caffe_pb2.SolverState:
     return read_binary_proto(os.fspath(path), caffe_pb2.SolverState)
 
 
-def solverstate_history_arrays(state):
+def solverstate_history_arrays(state, source="solverstate"):
     """The history blobs as float arrays, in the solver's learnable-parameter order."""
-    return [blob_to_array(b) for b in state.history]
+    arrays = []
+    for i, blob in enumerate(state.history):
+        try:
+            arrays.append(blob_to_array(blob))
+        except BlobError as exc:
+            raise BlobError(f"{source}: history blob {i}: {exc}") from None
+    return arrays
 
 
-def make_solverstate(iteration, learned_net="", current_step=0, history=()):
+def make_solverstate(iteration: int, learned_net: str = "", current_step: int = 0,
+                     history: "Sequence[np.ndarray | torch.Tensor]" = ()) -> caffe_pb2.SolverState:
     """A SolverState with Caffe's fields; `history` (arrays/tensors) goes in as blobs."""
     state = caffe_pb2.SolverState(iter=int(iteration), current_step=int(current_step))
     if learned_net:
@@ -29,7 +43,8 @@ def make_solverstate(iteration, learned_net="", current_step=0, history=()):
     return state
 
 
-def write_solverstate(state, path, history=None):
+def write_solverstate(state: caffe_pb2.SolverState, path: PathLike,
+                      history: "Sequence[np.ndarray | torch.Tensor] | None" = None) -> None:
     """Write a SolverState at `path` atomically.
 
     `history` (optional): arrays or tensors streamed in as the history blobs (replacing any in

@@ -359,9 +359,14 @@ def needs_input_upgrade(net):
     return len(net.input) > 0
 
 
-def upgrade_net_input(net):
+def upgrade_net_input(net, source="<net>"):
     """Turn `input` with `input_shape` or `input_dim` into a leading Input layer; drop bare `input`s
-    (a legacy caffemodel's)."""
+    (a legacy caffemodel's). Shapes must be given for every input (Caffe aborts reading past them)."""
+    n = len(net.input)
+    if len(net.input_shape) and len(net.input_shape) != n:
+        raise ProtonetError(f"{source}: {n} inputs but {len(net.input_shape)} input_shape; give one per input")
+    if not len(net.input_shape) and len(net.input_dim) and len(net.input_dim) != 4 * n:
+        raise ProtonetError(f"{source}: {n} inputs but {len(net.input_dim)} input_dim values; give 4 per input")
     if len(net.input_shape) or len(net.input_dim):
         layer = caffe_pb2.LayerParameter(name="input", type="Input")
         for i, name in enumerate(net.input):
@@ -395,7 +400,7 @@ def upgrade_batchnorm(net):
 # ---------------------------------------------------------------------------------------- net
 
 
-def upgrade_net(net, source="<net>", input_fields_to_layer=False):
+def upgrade_net(net: caffe_pb2.NetParameter, source: str = "<net>", input_fields_to_layer: bool = False) -> list:
     """Upgrade a NetParameter in place as Caffe's UpgradeNetAsNeeded does (see the module doc).
 
     Returns the list of problems (parameters that had no place in the new form); they are also logged.
@@ -413,7 +418,7 @@ def upgrade_net(net, source="<net>", input_fields_to_layer=False):
         problems += upgrade_v1_net(net, source)
     if input_fields_to_layer and needs_input_upgrade(net):
         log.info("Attempting to upgrade input file specified using deprecated input fields: %s", source)
-        upgrade_net_input(net)
+        upgrade_net_input(net, source)
     if needs_batchnorm_upgrade(net):
         log.info("Attempting to upgrade batch norm layers using deprecated params: %s", source)
         upgrade_batchnorm(net)
@@ -425,7 +430,7 @@ def upgrade_net(net, source="<net>", input_fields_to_layer=False):
 # ------------------------------------------------------------------------------------- solver
 
 
-def upgrade_solver(solver, source="<solver>"):
+def upgrade_solver(solver: caffe_pb2.SolverParameter, source: str = "<solver>") -> bool:
     """Turn the old `solver_type` enum into the `type` string, in place (Caffe's UpgradeSolverAsNeeded)."""
     if not solver.HasField("solver_type"):
         return False

@@ -53,6 +53,10 @@ class NetContext:
     data_shuffle: bool = False       # data layers shuffle their records every epoch (Caffe: in order)
     reencode_jpeg: bool = False      # AnnotatedData re-encodes cropped/expanded/distorted images as
                                      # JPEG like Caffe (bit-parity with Caffe's batches)
+    data_on_device: bool = False     # AnnotatedData (TRAIN): photometric distortion and the final
+                                     # resize/mirror/mean/scale on the net's device, per batch
+    max_memory: int | None = None    # bytes a net may need when built (None: the machine's memory)
+    strict_data: bool = False        # a corrupt record or one with bad boxes is an error, not skipped
     # DetectionOutput's save_output_param: when its label map or name/size file is missing (or its
     # output directory cannot be made), fail (protonet test) instead of warning once and running
     # without writing result files (the default, for zoo deploys naming their author's files)

@@ -52,7 +52,7 @@ class ParameterLayer(Layer):
         super().__init__(param, bottom_shapes, ctx)
         self.check_bottoms(0)
         shape = blob_shape_dims(param.parameter_param.shape)
-        self.add_blob(torch.zeros(shape))
+        self.add_blob(fill(shape, None, f"layer {self.name} (Parameter) blob 0"))
         self.top_shapes = [shape]
 
     def forward(self):
@@ -256,7 +256,7 @@ class ReshapeLayer(Layer):
                 middle.append(d)
         out = list(shape[:start]) + middle + list(shape[end:])
         if -1 in out:
-            known = math.prod(d for d in out if d != -1)
+            known = math.prod([d for d in out if d != -1])  # a list: torch.compile traces it
             total = math.prod(shape)
             if known == 0 or total % known:
                 raise ShapeError(f"layer {self.name} (Reshape): cannot infer -1 reshaping {list(shape)} "

@@ -30,9 +30,9 @@ class DetectionEvaluateLayer(Layer):
         if not self.overlap_threshold > 0:
             raise ProtonetError(f"{self.where}: overlap_threshold must be positive")
         self.evaluate_difficult_gt = p.evaluate_difficult_gt
-        self.sizes = []
-        if p.HasField("name_size_file"):
-            self.sizes = [(h, w) for _, h, w in read_name_size(p.name_size_file, self.where)]
+        # The name/size file is read by the first forward (a net that never evaluates needs none).
+        self.name_size_file = p.name_size_file if p.HasField("name_size_file") else None
+        self.sizes = None if self.name_size_file else []
         self.resize_param = p.resize_param if p.HasField("resize_param") else None
         self.count = 0
         det_s, gt_s = self.bottom_shapes
@@ -44,6 +44,8 @@ class DetectionEvaluateLayer(Layer):
         self.top_shapes = [(1, 1, num_pos_classes, 5)]
 
     def forward(self, det, gt):
+        if self.sizes is None:
+            self.sizes = [(h, w) for _, h, w in read_name_size(self.name_size_file, self.where)]
         rows = self.evaluate(det.detach().cpu().numpy().reshape(-1, 7).astype(np.float32),
                              gt.detach().cpu().numpy().reshape(-1, 8).astype(np.float32))
         return torch.from_numpy(rows).to(device=det.device, dtype=det.dtype).view(1, 1, -1, 5)

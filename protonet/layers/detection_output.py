@@ -1,5 +1,6 @@
 """DetectionOutput (SSD fork, RefineDet's 5-bottom variant): decode, per-class NMS, keep_top_k,
 and the fork's result files (save_output_param, written by protonet.eval.writers)."""
+import dataclasses
 import logging
 import math
 import os
@@ -8,6 +9,7 @@ import numpy as np
 import torch
 
 from protonet import box, caffe_pb2
+from protonet.detection_decode import DetectionSettings, detection_output, detection_output_adaptive
 from protonet.errors import ProtonetError
 from protonet.eval import writers
 from protonet.io.labelmap import label_names
@@ -79,6 +81,9 @@ class DetectionOutputLayer(Layer):
         if not self.normalized and (self.clip or p.code_type == caffe_pb2.PriorBoxParameter.CORNER_SIZE):
             raise ProtonetError(f"{self.where}: normalized_bbox: false is supported with code_type CORNER or "
                                 f"CENTER_SIZE and without clip (OpenCV clips pixel boxes to a fourth image bottom)")
+        # the NMS settings as read above (OpenCV's early flat nms_threshold/top_k included)
+        self.settings = dataclasses.replace(DetectionSettings.from_param(p), nms_threshold=self.nms_threshold,
+                                            top_k=self.top_k, eta=self.eta)
         self._setup_saving(p.save_output_param)
         self.top_shapes = [(1, 1, 1, 7)]
 
@@ -192,72 +197,8 @@ class DetectionOutputLayer(Layer):
         return out
 
     def detect(self, loc, conf, prior, arm_conf=None, arm_loc=None):
-        p = self.p
-        N, P, C, Lc = loc.shape[0], self.num_priors, self.num_classes, self.loc_classes
-        dev = loc.device
-        priors, variances = box.split_priors(prior, P)
-        priors, variances = priors.to(loc.dtype), variances.to(loc.dtype)
-        if arm_loc is not None:
-            base = box.decode(arm_loc.reshape(N, P, 4).to(loc.dtype), priors, variances,
-                              p.code_type, p.variance_encoded_in_target)[:, :, None]
-        else:
-            base = priors[:, None]
-        boxes = box.decode(loc.reshape(N, P, Lc, 4), base, variances[:, None], p.code_type,
-                           p.variance_encoded_in_target, self.normalized)  # [N, P, Lc, 4]
-        if self.clip:
-            boxes = boxes.clamp(0.0, 1.0)
-        scores = conf.reshape(N, P, C)
-        if arm_conf is not None:
-            # RefineDet: priors the ARM finds empty get the scores [1, 0, 0, ...].
-            empty = arm_conf.reshape(N, P, 2)[..., 1] < self.objectness_score
-            fake = torch.zeros(C, dtype=scores.dtype, device=dev)
-            fake[0] = 1
-            scores = torch.where(empty[..., None], fake, scores)
-        classes = [c for c in range(C) if c != self.background]
-        if not classes:
-            return self._empty(N, loc)
-        cls = torch.tensor(classes, device=dev)
-        if classes == list(range(classes[0], classes[-1] + 1)):
-            picked = scores[:, :, classes[0]:classes[-1] + 1]  # a slice: no copy of the scores
-        else:
-            picked = scores[:, :, cls]
-        if self.share_location:
-            row_boxes = boxes[:, :, 0]
-            box_rows = torch.arange(N, device=dev).repeat_interleave(len(classes))
-        else:
-            row_boxes = boxes[:, :, cls].permute(0, 2, 1, 3).reshape(N * len(classes), P, 4)
-            box_rows = None
-        order, keep = box.nms(row_boxes, picked, self.confidence_threshold, self.nms_threshold,
-                              self.eta, self.top_k, box_rows, classes_last=True, normalized=self.normalized)
-        K = order.shape[1]
-        keep = keep.view(N, len(classes), K)
-        order = order.view(N, len(classes), K)
-        kept_scores = picked[torch.arange(N, device=dev)[:, None, None], order,
-                             torch.arange(len(classes), device=dev)[None, :, None]]
-        if self.keep_top_k > -1:
-            count = keep.view(N, -1).sum(dim=1)
-            flat = torch.where(keep, kept_scores, torch.full_like(kept_scores, float("-inf"))).view(N, -1)
-            k = min(self.keep_top_k, flat.shape[1])
-            if k > 0:
-                top = box.stable_topk_desc(flat, k, dim=1)
-                chosen = torch.zeros_like(keep.view(N, -1))
-                chosen.scatter_(1, top, True)
-                chosen &= keep.view(N, -1)
-            else:
-                chosen = torch.zeros_like(keep.view(N, -1))
-            # Only images with more than keep_top_k detections are truncated.
-            keep = torch.where((count > self.keep_top_k)[:, None], chosen, keep.view(N, -1)).view(keep.shape)
-        n, ci, k = keep.nonzero(as_tuple=True)
-        if n.numel() == 0:
-            return self._empty(N, loc)
-        j = order[n, ci, k]
-        lab = cls[ci]
-        loc_cls = torch.zeros_like(lab) if self.share_location else lab
-        rows = torch.cat([n[:, None].to(loc.dtype), lab[:, None].to(loc.dtype),
-                          kept_scores[n, ci, k][:, None].to(loc.dtype), boxes[n, j, loc_cls]], dim=1)
-        return rows.view(1, 1, -1, 7)
-
-    def _empty(self, num, like):
-        out = like.new_full((num, 7), -1.0)
-        out[:, 0] = torch.arange(num, dtype=like.dtype, device=like.device)
-        return out.view(1, 1, num, 7)
+        """The rows, with tensor operations only (protonet.detection_decode) unless NMS is
+        adaptive (eta < 1) or top_k is unset: then box.nms, whose work follows the candidates."""
+        if self.settings.graph_friendly and self.settings.top_k >= 0:
+            return detection_output(loc, conf, prior, self.settings, arm_conf, arm_loc)
+        return detection_output_adaptive(loc, conf, prior, self.settings, arm_conf, arm_loc)

@@ -9,6 +9,10 @@ import torch
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
+from protonet.sizes import reserve_blob
+
+_VALUE_FIELDS = ("value", "min", "max", "mean", "std")
+_KINDS = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra", "bilinear")
 
 
 def _fans(shape):
@@ -27,6 +31,18 @@ def _scale_n(filler, shape):
     return float(fan_in)
 
 
+def _check_values(filler, where):
+    """Refuse the filler values that make no sense (Caffe would fill NaNs or abort in its RNG)."""
+    for name in _VALUE_FIELDS:
+        value = getattr(filler, name)
+        if not math.isfinite(value):
+            raise ProtonetError(f"{where}: filler {name} is {value}; it must be a finite number")
+    if filler.type == "gaussian" and filler.std < 0:
+        raise ProtonetError(f"{where}: gaussian filler std must not be negative, got {filler.std:g}")
+    if filler.type == "uniform" and filler.min > filler.max:
+        raise ProtonetError(f"{where}: uniform filler min {filler.min:g} is greater than max {filler.max:g}")
+
+
 def fill(shape, filler=None, where="?", generator=None):
     """A float32 tensor of `shape` filled as Caffe's `filler` (a FillerParameter; None = constant 0).
 
@@ -35,12 +51,18 @@ def fill(shape, filler=None, where="?", generator=None):
     shape = tuple(int(d) for d in shape)
     filler = filler if filler is not None else caffe_pb2.FillerParameter()
     kind = filler.type
+    _check_values(filler, where)
+    reserve_blob(shape, where)  # Caffe's blob limit and the net's memory budget, before allocating
     out = torch.empty(shape, dtype=torch.float32)
     count = out.numel()
     if kind != "gaussian" and filler.sparse != -1:
         raise ProtonetError(f"{where}: filler '{kind}' does not support sparse")
     if kind == "constant":
         return out.fill_(filler.value)
+    if count == 0:  # nothing to draw (and no fan to divide by)
+        if kind not in _KINDS:
+            raise ProtonetError(f"{where}: unknown filler type '{kind}'")
+        return out
     if kind == "uniform":
         return out.uniform_(filler.min, filler.max, generator=generator)
     if kind == "gaussian":
@@ -51,7 +73,12 @@ def fill(shape, filler=None, where="?", generator=None):
             # Each weight is kept with probability sparse / num_outputs (num_outputs = shape[0]).
             if len(shape) < 1:
                 raise ProtonetError(f"{where}: sparse gaussian filler needs a blob with at least 1 axis")
+            if out.numel() == 0:
+                return out
             keep = filler.sparse / float(shape[0])
+            if keep > 1:  # Caffe's Bernoulli draw aborts (CHECK_LE(p, 1))
+                raise ProtonetError(f"{where}: gaussian filler sparse {filler.sparse} is more than the "
+                                    f"{shape[0]} outputs of the blob")
             mask = torch.empty(shape).bernoulli_(keep, generator=generator)
             out.mul_(mask)
         return out

@@ -7,7 +7,9 @@ import torch
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError, ShapeError
+from protonet.io.prototxt import read_utf8_lines
 from protonet.layers.base import Layer, register
+from protonet.sizes import reserve_blob
 
 
 def resolve_path(ctx, path):
@@ -43,10 +45,9 @@ class HDF5DataLayer(Layer):
         self.rng = np.random.RandomState(ctx.seed if ctx.seed is not None else None)
         source = resolve_path(ctx, p.source)
         try:
-            with open(source) as fh:
-                names = fh.read().split()
-        except OSError:
-            raise ProtonetError(f"layer {self.name} (HDF5Data): cannot open source file {source}") from None
+            names = " ".join(read_utf8_lines(source)).split()
+        except ProtonetError as exc:
+            raise ProtonetError(f"layer {self.name} (HDF5Data): source file: {exc}") from None
         if not names:
             raise ProtonetError(f"layer {self.name} (HDF5Data): {source} lists no HDF5 files")
         self.files = [resolve_path(ctx, n) for n in names]
@@ -66,9 +67,15 @@ class HDF5DataLayer(Layer):
         try:
             with h5py.File(path, "r") as f:
                 for top in self.param.top:
-                    if top not in f:
+                    if top not in f or not isinstance(f[top], h5py.Dataset):
                         raise ProtonetError(f"layer {self.name} (HDF5Data): {path} has no dataset '{top}'")
-                    a = np.asarray(f[top], dtype=np.float32)
+                    # its size is checked (and reserved while the net is built) before it is read
+                    reserve_blob(f[top].shape, f"layer {self.name} (HDF5Data): dataset '{top}' in {path}")
+                    try:
+                        a = np.asarray(f[top], dtype=np.float32)
+                    except (ValueError, TypeError) as exc:
+                        raise ProtonetError(f"layer {self.name} (HDF5Data): dataset '{top}' in {path} is not "
+                                            f"numbers ({exc})") from None
                     if a.ndim < 1:
                         raise ShapeError(f"layer {self.name} (HDF5Data): dataset '{top}' in {path} has no axes")
                     arrays.append(a)

@@ -54,6 +54,15 @@ class ReLULayer(_Neuron):
             return torch.relu(x)
         return F.leaky_relu(x, self.slope)
 
+    def forward_in_place(self, x):
+        """The same values written over x (the net calls this for Caffe's in-place ReLU when x's
+        producer does not need x for its backward)."""
+        if self.relu6:
+            return self.forward(x)
+        if self.slope == 0:
+            return torch.relu_(x)
+        return F.leaky_relu_(x, self.slope)
+
 
 @register("ReLU6")
 class ReLU6Layer(_Neuron):
@@ -137,6 +146,14 @@ class PowerLayer(_Neuron):
         return base.pow(self.power)
 
 
+def _exp_or_inf(x):
+    """exp as Caffe's float arithmetic gives it: inf where it overflows (math.exp raises)."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
 @register("Exp")
 class ExpLayer(_Neuron):
     """base ^ (shift + scale * x); base -1 means e."""
@@ -148,7 +165,7 @@ class ExpLayer(_Neuron):
             raise ProtonetError(f"layer {self.name} (Exp): base must be -1 or > 0, got {p.base}")
         log_base = 1.0 if p.base == -1 else math.log(p.base)
         self.inner_scale = log_base * p.scale
-        self.outer_scale = 1.0 if p.shift == 0 else math.exp(log_base * p.shift)
+        self.outer_scale = 1.0 if p.shift == 0 else _exp_or_inf(log_base * p.shift)
 
     def forward(self, x):
         y = torch.exp(x * self.inner_scale) if self.inner_scale != 1 else torch.exp(x)
@@ -162,8 +179,8 @@ class LogLayer(_Neuron):
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         p = param.log_param
-        if p.base != -1 and p.base <= 0:
-            raise ProtonetError(f"layer {self.name} (Log): base must be -1 or > 0, got {p.base}")
+        if p.base != -1 and (p.base <= 0 or p.base == 1):
+            raise ProtonetError(f"layer {self.name} (Log): base must be -1 or > 0 and not 1, got {p.base}")
         self.base_scale = 1.0 if p.base == -1 else 1.0 / math.log(p.base)
         self.scale, self.shift = p.scale, p.shift
 

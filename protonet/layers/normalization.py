@@ -26,9 +26,8 @@ class BatchNormLayer(Layer):
         self.maf = p.moving_average_fraction
         self.eps = p.eps
         self.channels = 1 if len(shape) == 1 else shape[1]
-        self.add_blob(torch.zeros(self.channels), learnable=False)
-        self.add_blob(torch.zeros(self.channels), learnable=False)
-        self.add_blob(torch.zeros(1), learnable=False)
+        for i, blob_shape in enumerate(((self.channels,), (self.channels,), (1,))):
+            self.add_blob(fill(blob_shape, None, f"layer {self.name} (BatchNorm) blob {i}"), learnable=False)
         self.scale_bias = p.scale_bias or p.HasField("scale_filler") or p.HasField("bias_filler")
         if self.scale_bias:
             one = caffe_pb2.FillerParameter(type="constant", value=1)
@@ -170,6 +169,18 @@ class MVNLayer(Layer):
         return centred.reshape(x.shape)
 
 
+def _normalize(x, scale, across_spatial, eps):
+    """(y, norm): x divided by its L2 norm (per position, or per image across_spatial), times scale."""
+    n = x.shape[0]
+    if across_spatial:
+        norm = (x.reshape(n, -1).pow(2).sum(dim=1) + eps).sqrt().reshape((n,) + (1,) * (x.dim() - 1))
+    else:
+        norm = (x.pow(2).sum(dim=1, keepdim=True) + eps).sqrt()
+    y = x / norm
+    s = scale.reshape((1, -1) + (1,) * (x.dim() - 2)) if scale.dim() > 0 else scale
+    return y * s, norm
+
+
 class _CaffeNormalize(torch.autograd.Function):
     """L2 normalisation with a learnt scale, with the fork's backward.
 
@@ -179,14 +190,7 @@ class _CaffeNormalize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, across_spatial, eps):
-        n = x.shape[0]
-        if across_spatial:
-            norm = (x.reshape(n, -1).pow(2).sum(dim=1) + eps).sqrt().view((n,) + (1,) * (x.dim() - 1))
-        else:
-            norm = (x.pow(2).sum(dim=1, keepdim=True) + eps).sqrt()
-        y = x / norm
-        s = scale.view((1, -1) + (1,) * (x.dim() - 2)) if scale.dim() > 0 else scale
-        y = y * s
+        y, norm = _normalize(x, scale, across_spatial, eps)
         ctx.save_for_backward(x, scale, norm, y)
         ctx.across_spatial = across_spatial
         return y
@@ -239,7 +243,10 @@ class NormalizeLayer(Layer):
         scale = self.blobs[0]
         if scale.dtype != x.dtype:
             scale = scale.to(x.dtype)
-        return _CaffeNormalize.apply(x, scale, self.across_spatial, self.eps)
+        if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
+            return _CaffeNormalize.apply(x, scale, self.across_spatial, self.eps)
+        # Without gradients, plain tensor operations (which tracers and exporters record).
+        return _normalize(x, scale, self.across_spatial, self.eps)[0]
 
 
 @register("NormalizeBBox")

@@ -88,8 +88,8 @@ class PriorBoxLayer(Layer):
         if len(p.variance) > 1:
             if len(p.variance) != 4:
                 raise ProtonetError(f"{self.where}: give 1 or 4 variances, got {len(p.variance)}")
-        if any(v <= 0 for v in p.variance):
-            raise ProtonetError(f"{self.where}: variance must be positive")
+        if any(not 0 < v < math.inf for v in p.variance):
+            raise ProtonetError(f"{self.where}: variance must be positive and finite")
         self.variance = [float(v) for v in p.variance] or [0.1]
         self._image_and_step(p)
         self.clip = p.clip
@@ -98,10 +98,18 @@ class PriorBoxLayer(Layer):
             raise ShapeError(f"{self.where}: bottoms need height and width axes")
         self.top_shapes = [(1, 2, feat[-1] * feat[-2] * self.num_priors * 4)]
         self._cache = {}
+        # The priors of the build-time shapes, as a buffer: forward returns it without host work,
+        # so torch.compile and the exporters see a constant (it follows .to(device)).
+        image = self.bottom_shapes[1]
+        self._built_key = (feat[-2], feat[-1], image[-2], image[-1])
+        self.register_buffer("prior", torch.from_numpy(self.priors(*self._built_key)).unsqueeze(0), persistent=False)
 
     # -- the boxes of a cell --------------------------------------------------------------------
     def _aspect_ratios(self, p):
         ratios = [_f32(1.0)]
+        for a in p.aspect_ratio:
+            if not 0 < a < math.inf:
+                raise ProtonetError(f"{self.where}: aspect_ratio {a:g} must be positive and finite")
         given = [_f32(a) for a in p.aspect_ratio]
         flipped = [_f32(1.0 / float(a)) for a in given] if p.flip else []
         # Keras (Synopsys): every ratio, then every flipped one; otherwise each flip follows its ratio.
@@ -120,13 +128,15 @@ class PriorBoxLayer(Layer):
                 if len(widths) != len(heights) or len(p.min_size) or len(p.max_size) or len(p.aspect_ratio):
                     raise ProtonetError(f"{self.where}: {what} need as many heights as widths and no "
                                         f"min_size, max_size or aspect_ratio")
+                if any(not 0 < v < math.inf for v in list(widths) + list(heights)):
+                    raise ProtonetError(f"{self.where}: {what} must be positive and finite")
                 if self.faceboxes:
                     raise ProtonetError(f"{self.where}: faceboxes takes min_size, not {what}")
                 return [(float(_f32(w)), float(_f32(h)), False, 0, 0, False) for w, h in zip(widths, heights)]
         if len(p.min_size) == 0:
             raise ProtonetError(f"{self.where}: must provide min_size")
-        if any(m <= 0 for m in p.min_size):
-            raise ProtonetError(f"{self.where}: min_size must be positive")
+        if any(not 0 < m < math.inf for m in list(p.min_size) + list(p.max_size)):
+            raise ProtonetError(f"{self.where}: min_size and max_size must be positive and finite")
         # the SSD fork truncates sizes to int; TextBoxes' fork (a float min_size) does not
         keep = (lambda v: float(_f32(v))) if self.ctx.textboxes_priors else (lambda v: int(_f32(v)))
         min_sizes = [keep(m) for m in p.min_size]
@@ -259,6 +269,9 @@ class PriorBoxLayer(Layer):
         return out
 
     def forward(self, feat, image):
-        out = self.priors(feat.shape[-2], feat.shape[-1], image.shape[-2], image.shape[-1])
         dtype = feat.dtype if feat.dtype.is_floating_point else torch.float32
+        key = (feat.shape[-2], feat.shape[-1], image.shape[-2], image.shape[-1])
+        if key == self._built_key:
+            return self.prior.to(device=feat.device, dtype=dtype)
+        out = self.priors(*key)
         return torch.from_numpy(out).to(device=feat.device, dtype=dtype).unsqueeze(0)

@@ -124,6 +124,8 @@ class _ConvBase(Layer):
             raise ProtonetError(f"layer {self.name}: kernel, stride and dilation must be positive")
         self.num_output, self.group = self._outputs_and_group(p, shape[1])
         channels = shape[1]
+        if channels == 0:
+            raise ShapeError(f"layer {self.name} ({param.type}): bottom {list(shape)} has no channels")
         if self.group < 1 or channels % self.group or self.num_output % self.group:
             raise ShapeError(f"layer {self.name} ({param.type}): group {self.group} must divide the "
                              f"{channels} input channels and num_output {self.num_output}")
@@ -531,8 +533,15 @@ class LRNLayer(Layer):
         sq = x * x
         if self.region == caffe_pb2.LRNParameter.ACROSS_CHANNELS:
             # Mean of squares over `size` channels centred on each channel (zero outside).
-            win = F.avg_pool3d(sq.unsqueeze(1), (self.size, 1, 1), stride=1, padding=(pre, 0, 0),
-                               count_include_pad=True).squeeze(1)
+            channels = x.shape[1]
+            if self.size <= channels:
+                win = F.avg_pool3d(sq.unsqueeze(1), (self.size, 1, 1), stride=1, padding=(pre, 0, 0),
+                                   count_include_pad=True).squeeze(1)
+            else:  # a window wider than the channels (torch's pooling refuses it): sum what is there
+                reach = min(pre, channels - 1)
+                padded = F.pad(sq, (0, 0, 0, 0, reach, reach))
+                win = F.avg_pool3d(padded.unsqueeze(1), (2 * reach + 1, 1, 1), stride=1).squeeze(1)
+                win = win * ((2 * reach + 1) / self.size)
             return x * (self.k + self.alpha * win).pow(-self.beta)
         # WITHIN_CHANNEL: Caffe builds it from AVE pooling (padded area counted) and a Power layer
         # with shift 1: k is not used.

@@ -10,20 +10,23 @@ import logging
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from protonet import caffe_pb2
+from protonet import caffe_pb2, sizes
 from protonet.errors import PriorCountError, ProtonetError, ShapeError
 from protonet.io.blobs import array_to_blob, blob_to_array
 from protonet.io.caffemodel import read_caffemodel_arrays, write_caffemodel
 from protonet.io.dialects import ignored_fields
-from protonet.io.prototxt import read_prototxt
+from protonet.io.prototxt import count_layer_blocks, read_prototxt
 from protonet.io.upgrade import upgrade_net
 from protonet.layers.base import NetContext, layer_class
 from protonet.layers.priorbox import PRIOR_READINGS
+from protonet.net.field_limits import check_layer_fields
 from protonet.net.filtering import filter_net, parse_phase
+from protonet.net.inference import InferenceOptions, InferencePlan, check_precision
 
 log = logging.getLogger("protonet.net")
 
@@ -42,26 +45,40 @@ class _Step:
     tops: list
     detach: list      # per bottom: propagate_down is false
     is_input: bool
+    overwrite: bool = False   # an in-place ReLU that may overwrite its bottom's storage (see _overwrites)
 
 
 class Net(nn.Module):
     """A Caffe net as a torch module.
 
-    Net(net, phase=None, stages=(), level=0, weights=None, ctx=None): `net` is a prototxt path or a
-    NetParameter; `phase` 'TRAIN'/'TEST' or the enum (default: ctx's, else the file's state, else
-    TEST); `weights` a caffemodel path (or several, comma-separated) loaded after building; relative
-    paths in data layers resolve against ctx.root_dir, else the working directory, as in Caffe.
+    Args:
+        net: a prototxt path or a NetParameter.
+        phase: 'TRAIN'/'TEST' or the enum (default: ctx's, else the file's state, else TEST).
+        stages, level: the NetState rules of Caffe's include/exclude.
+        weights: a caffemodel path (or several, comma-separated or a list) loaded after building.
+        ctx: a NetContext (seed, data workers, data-parallel rank...); relative paths in data
+            layers resolve against ctx.root_dir, else the working directory, as in Caffe.
 
-    .layers (name -> Layer), .params (name -> blob tensors in Caffe's order), .learnable_params
-    ((tensor, lr_mult, decay_mult), each shared blob once, BatchNorm statistics included with
-    lr_mult 0 as in Caffe), .blob_shapes, .input_names, .output_names, .loss_weights;
-    forward(**inputs) -> dict of every named blob; loss(blobs); load_weights; save_weights;
-    to_proto; share_weights_from.
+    Attributes: .layers (name -> Layer), .params (name -> blob tensors in Caffe's order),
+    .learnable_params ((tensor, lr_mult, decay_mult), each shared blob once, BatchNorm
+    statistics included with lr_mult 0 as in Caffe), .blob_shapes, .input_names, .output_names,
+    .loss_weights. `net(x)` / `net(data=x)` runs it (see forward); state_dict() keys are the
+    prototxt's names, '<layer>.<blob index>' ('conv1_1.0', 'bn1.2').
+
+    Under torch.inference_mode() (and with gradients off after set_inference()) the forward pass
+    runs in inference mode (protonet/net/inference.py: BatchNorm/Scale folded into convolutions,
+    ReLU fused, weights pre-packed, channels-last on the CPU, priors cached; same blobs within 1e-4).
     """
 
-    def __init__(self, net, phase=None, stages=(), level=0, weights=None, ctx=None):
+    def __init__(self, net: "str | os.PathLike | caffe_pb2.NetParameter", phase: "str | int | None" = None,
+                 stages: Sequence[str] = (), level: int = 0, weights: "str | os.PathLike | Sequence | None" = None,
+                 ctx: NetContext | None = None, source: str | None = None) -> None:
         super().__init__()
-        param, where = self._read(net)
+        # Every blob's bytes are reserved against this budget before they are allocated (protonet.sizes);
+        # the layers' own Python objects first, from their count, before the file is even parsed.
+        budget = sizes.MemoryBudget(ctx.max_memory if ctx is not None else None)
+        param, where = self._read(net, budget)
+        self.source = source or where  # the prototxt (or message) the net came from, for messages
         if phase is None:
             phase = ctx.phase if ctx is not None else (param.state.phase if param.state.HasField("phase")
                                                        else caffe_pb2.TEST)
@@ -88,25 +105,46 @@ class Net(nn.Module):
         self.force_backward = bool(self.net_param.force_backward)
 
         self.register_buffer("_device_probe", torch.zeros(()), persistent=False)
-        try:
-            self._build()
-        except PriorCountError as ssd_error:
-            self._build_with_other_priors(ssd_error)
+        self._plans = {}
+        with sizes.active_budget(budget):
+            used = budget.used
+            try:
+                self._build()
+            except PriorCountError as ssd_error:
+                self._build_with_other_priors(ssd_error, budget, used)
+        self._inference = InferenceOptions()
+        self._inference_plans = {}   # outputs wanted (None: all) -> InferencePlan
+        # state_dict keys name the prototxt's layers: 'conv1_1.0' is blob 0 of layer conv1_1.
+        self._state_keys = {f"_modules_list.{i}.{b}": f"{name}.{j}" for i, (name, layer) in
+                            enumerate(self.layers.items()) for j, b in enumerate(layer._blob_names)}
+        self.register_state_dict_post_hook(_caffe_state_keys)
+        self.register_load_state_dict_pre_hook(_module_state_keys)
         if weights is not None:
             self.load_weights(weights)
 
     # ------------------------------------------------------------------ building
     @staticmethod
-    def _read(net):
+    def _reserve_layers(budget, count, where):
+        budget.reserve(count * sizes.LAYER_BYTES, f"{where}: {count} layers (about "
+                       f"{sizes.format_bytes(sizes.LAYER_BYTES)} of Python objects each)")
+
+    @classmethod
+    def _read(cls, net, budget):
         if isinstance(net, caffe_pb2.NetParameter):
+            where = f"net {net.name or '?'}"
+            cls._reserve_layers(budget, len(net.layer) + len(net.layers), where)
             param = caffe_pb2.NetParameter()
             param.CopyFrom(net)
-            return param, f"net {net.name or '?'}"
+            return param, where
         if isinstance(net, (str, os.PathLike)):
-            return read_prototxt(net, caffe_pb2.NetParameter), os.fspath(net)
+            where = os.fspath(net)
+            cls._reserve_layers(budget, count_layer_blocks(where), where)
+            return read_prototxt(net, caffe_pb2.NetParameter), where
         raise ProtonetError(f"Net: expected a prototxt path or a NetParameter, got {type(net).__name__}")
 
     def _build(self):
+        """Build the layers in order; every blob's size is checked (and its bytes reserved against the
+        active memory budget) before it is allocated: see protonet.sizes."""
         self.layers = OrderedDict()
         self.blob_shapes = OrderedDict()
         self.input_names = []
@@ -120,6 +158,7 @@ class Net(nn.Module):
         shared = {}                     # param name -> (layer name, blob index, ParamSpec of owner)
         for index, lparam in enumerate(self.net_param.layer):
             name = self._layer_key(lparam.name, index)
+            check_layer_fields(lparam)
             if not lparam.HasField("phase"):
                 lparam.phase = self.phase
             bottoms = list(lparam.bottom)
@@ -143,6 +182,8 @@ class Net(nn.Module):
                 if in_place and top_shapes[i] != shapes[t]:
                     raise ShapeError(f"layer {name} ({lparam.type}): in-place top '{t}' would change shape "
                                      f"{list(shapes[t])} -> {list(top_shapes[i])}")
+                if not in_place:
+                    sizes.reserve_blob(top_shapes[i], f"layer {name} ({lparam.type}): top '{t}'")
             for b in bottoms:
                 available.pop(b, None)
             for t, s in zip(tops, top_shapes):
@@ -173,12 +214,14 @@ class Net(nn.Module):
             self.layers[name] = layer
             self._modules_list.append(layer)
             self._steps.append(_Step(name, layer, bottoms, tops, detach, is_input))
+            self._steps[-1].overwrite = self._overwrites(self._steps[-1])
         self.output_names = sorted(available)
 
-    def _build_with_other_priors(self, ssd_error):
+    def _build_with_other_priors(self, ssd_error, budget, used):
         """Forks with their own prior tiling (FaceBoxes', TextBoxes'; PRIOR_READINGS): a net marked as
         one's whose heads do not fit the SSD fork's priors is read with that fork's priors, the
-        first that fits; `ssd_error` is raised (with what each reading gave) otherwise."""
+        first that fits; `ssd_error` is raised (with what each reading gave) otherwise. Each try
+        starts from the memory `used` before the first."""
         tried = []
         for name, fork, switch, marked in PRIOR_READINGS:
             layers = marked(self.net_param)
@@ -186,6 +229,7 @@ class Net(nn.Module):
                 continue
             base = self.ctx
             self.ctx = dataclasses.replace(base, **{switch: True})
+            budget.used = used
             try:
                 self._build()
             except PriorCountError as err:
@@ -212,6 +256,18 @@ class Net(nn.Module):
                     "and weights named '%s' load into the first, as in Caffe", self._indices[name], index, name,
                     key, name)
         return key
+
+    # Producers whose backward does not read their own output: an in-place ReLU right after them
+    # may overwrite that output, as Caffe does, and save a tensor per ReLU (autograd would refuse
+    # at backward, never compute wrong gradients, if this list were wrong).
+    _OVERWRITABLE = {"Convolution", "Deconvolution", "InnerProduct", "Eltwise", "BatchNorm", "Scale", "Bias"}
+
+    def _overwrites(self, step):
+        if step.layer.param.type != "ReLU" or step.bottoms != step.tops or len(self._steps) < 2 or any(step.detach):
+            return False
+        before = self._steps[-2]
+        return (before.layer.param.type in self._OVERWRITABLE and not before.is_input
+                and step.bottoms[0] in before.tops)
 
     def _attach_params(self, layer, lparam, shared, name):
         blobs = layer.blobs
@@ -285,39 +341,130 @@ class Net(nn.Module):
         return [f"{ln}/{i}" for ln, i, _, _ in self._owners]
 
     # ------------------------------------------------------------------ running
-    def forward(self, **inputs):
+    def set_inference(self, enabled: bool = True, precision: str = "fp32", channels_last: bool | None = None,
+                      fuse: bool = True) -> None:
+        """How forward runs with gradients off.
+
+        Args:
+            enabled: inference mode (the default) or, False, layer by layer as with gradients.
+            precision: "fp32" or "bf16" (needs a CPU with native bfloat16, or a GPU).
+            channels_last: activations channels-last; None picks it where it pays (the CPU).
+            fuse: fold BatchNorm/Scale into convolutions and fuse their ReLU.
+        """
+        if enabled:
+            check_precision(precision, self._device_probe.device)
+            self._inference = InferenceOptions(precision, channels_last, fuse, explicit=True)
+        else:
+            self._inference = None
+        self._inference_plans = {}
+
+    def weights_changed(self) -> None:
+        """Drop the packed inference weights. Needed only after writes that bypass a tensor's version
+        counter (through `.data`, numpy views or collectives); in-place torch ops are seen."""
+        self._inference_plans = {}
+
+    def fused_layers(self) -> list:
+        """The layer names of each fused group (convolution first) of the last whole-net inference pass."""
+        plan = self._inference_plans.get(None)
+        return plan.fused_groups if plan is not None else []
+
+    def _inference_plan(self, wanted, steps):
+        # Tracers and compilers see the layer-by-layer graph (checked first: dynamo cannot trace
+        # is_inference_mode_enabled).
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+            return None
+        if self._inference is None or torch.is_grad_enabled():
+            return None
+        if not self._inference.explicit and not torch.is_inference_mode_enabled():
+            return None
+        if torch.is_autocast_enabled(self._device_probe.device.type):
+            return None
+        plan = self._inference_plans.get(wanted)
+        if plan is None or plan.stale():
+            plan = self._inference_plans[wanted] = InferencePlan(self, self._inference, steps)
+        return plan
+
+    def forward(self, *args: torch.Tensor, outputs: str | Sequence[str] | None = None,
+                **inputs: torch.Tensor) -> "dict[str, torch.Tensor] | torch.Tensor":
+        """Run the net.
+
+        Args:
+            *args: input blobs in the order of `input_names` (`net(x)` for a one-input net).
+            outputs: a blob name or a list of them: only the layers these need run (data layers
+                and side effects such as result files included), and only these are returned.
+            **inputs: input blobs by name; also the tops of data layers, which then do not run.
+
+        Returns:
+            Without `outputs`, a dict of every named blob; with a list, a dict of those blobs;
+            with one name, that blob.
+        """
+        inputs = self._bind_positional(args, inputs)
+        wanted = None if outputs is None else ([outputs] if isinstance(outputs, str) else list(outputs))
+        steps = self._steps if wanted is None else self._plan(tuple(wanted))
         device = self._device_probe.device
         dtype = self._device_probe.dtype
-        data_tops = {t for s in self._steps if getattr(s.layer, "is_data", False) for t in s.tops}
-        for key in inputs:
-            if key not in self.input_names and key not in data_tops:
-                raise ProtonetError(f"net {self.name or '?'}: '{key}' is not an input blob "
-                                    f"(inputs: {', '.join(self.input_names) or 'none'})")
+        plan = self._inference_plan(None if wanted is None else tuple(wanted), steps)
+        blobs = plan.run(inputs, device, dtype) if plan is not None else self._run_steps(steps, inputs, device, dtype)
+        if wanted is None:
+            return blobs
+        return blobs[wanted[0]] if isinstance(outputs, str) else OrderedDict((n, blobs[n]) for n in wanted)
+
+    def _run_steps(self, steps, inputs, device, dtype):
+        """Layer by layer, as autograd needs it."""
         blobs = OrderedDict()
-        for step in self._steps:
-            if step.is_input or (getattr(step.layer, "is_data", False) and all(t in inputs for t in step.tops)):
+        for step in steps:
+            is_data = getattr(step.layer, "is_data", False)
+            if step.is_input or (is_data and all(t in inputs for t in step.tops)):
                 for t in step.tops:
                     if t not in inputs:
                         raise ProtonetError(f"net {self.name or '?'}: missing input blob '{t}'")
                     blobs[t] = self._as_tensor(inputs[t], device, dtype)
                 continue
-            args = []
-            for b, cut in zip(step.bottoms, step.detach):
-                x = blobs[b]
-                args.append(x.detach() if cut else x)
-            out = step.layer(*args)
-            if out is None:
-                out = ()
-            elif isinstance(out, torch.Tensor):
-                out = (out,)
+            args = [blobs[b].detach() if cut else blobs[b] for b, cut in zip(step.bottoms, step.detach)]
+            out = step.layer.forward_in_place(*args) if step.overwrite else step.layer(*args)
+            out = () if out is None else ((out,) if isinstance(out, torch.Tensor) else out)
             if len(out) != len(step.tops):
                 raise ProtonetError(f"layer {step.name}: returned {len(out)} tops, expected {len(step.tops)}")
             for t, v in zip(step.tops, out):
-                if getattr(step.layer, "is_data", False):
+                if is_data:
                     v = torch.as_tensor(v)
                     v = v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
                 blobs[t] = v
         return blobs
+
+    def _bind_positional(self, args, inputs):
+        data_tops = {t for s in self._steps if getattr(s.layer, "is_data", False) for t in s.tops}
+        for key in inputs:
+            if key not in self.input_names and key not in data_tops:
+                raise ProtonetError(f"net {self.name or '?'}: '{key}' is not an input blob "
+                                    f"(inputs: {', '.join(self.input_names) or 'none'})")
+        if not args:
+            return inputs
+        if len(args) > len(self.input_names):
+            raise ProtonetError(f"net {self.name or '?'}: {len(args)} positional inputs given, the net has "
+                                f"{len(self.input_names)} ({', '.join(self.input_names) or 'none'})")
+        bound = dict(zip(self.input_names, args))
+        twice = sorted(set(bound) & set(inputs))
+        if twice:
+            raise ProtonetError(f"net {self.name or '?'}: input '{twice[0]}' given by position and by name")
+        return {**bound, **inputs}
+
+    def _plan(self, wanted):
+        """The steps that the blobs `wanted` need, in order (cached per tuple of names)."""
+        plan = self._plans.get(wanted)
+        if plan is None:
+            unknown = [n for n in wanted if n not in self.blob_shapes]
+            if unknown:
+                raise ProtonetError(f"net {self.name or '?'}: no blob '{unknown[0]}' (blobs: "
+                                    f"{', '.join(list(self.blob_shapes)[:12])}{', ...' if len(self.blob_shapes) > 12 else ''})")
+            need, plan = set(wanted), []
+            for step in reversed(self._steps):
+                if any(t in need for t in step.tops):
+                    plan.append(step)
+                    need.difference_update(step.tops)
+                    need.update(step.bottoms)  # an in-place top stays needed: its producer runs too
+            plan = self._plans[wanted] = plan[::-1]
+        return plan
 
     def _as_tensor(self, value, device, dtype):
         t = torch.as_tensor(value)
@@ -329,7 +476,7 @@ class Net(nn.Module):
             t = t.to(device=device)
         return t
 
-    def loss(self, blobs):
+    def loss(self, blobs: "dict[str, torch.Tensor]") -> torch.Tensor:
         """Sum over the loss blobs of weight * blob.sum() (Caffe's net loss)."""
         total = None
         for name, w in self.loss_weights.items():
@@ -340,51 +487,62 @@ class Net(nn.Module):
         return total
 
     # ------------------------------------------------------------------ weights
-    def load_weights(self, source):
+    def load_weights(self, source: "str | os.PathLike | Sequence | caffe_pb2.NetParameter",
+                     strict: bool = False) -> list[str]:
         """Caffe's CopyTrainedLayersFrom: blobs copied by layer name, every shape checked.
 
-        `source` is a NetParameter, a path, a list of paths, or 'a.caffemodel,b.caffemodel' (later
-        files win). Returns the names of the layers with blobs that no source provided."""
-        if isinstance(source, caffe_pb2.NetParameter):
-            if len(source.layers) and not len(source.layer):
-                source = caffe_pb2.NetParameter.FromString(source.SerializeToString())
-                upgrade_net(source, source=f"net {source.name or '?'}")
-            where = f"net {source.name or '?'}"
-            sources = [(where, [(l.name, [(blob_to_array(b), _proto_shape(b)) for b in l.blobs])
-                                for l in source.layer])]
-        else:
-            paths = source.split(",") if isinstance(source, str) else (
-                [source] if isinstance(source, os.PathLike) else list(source))
-            # Straight from the file bytes: a file's blob arrays come with their stored shapes
-            # (legacy num/channels/height/width as 4 axes).
-            sources = [(os.fspath(p), [(name, [(a, None) for a in arrays])
-                                       for name, arrays in read_caffemodel_arrays(p).items()]) for p in paths]
+        Args:
+            source: a NetParameter, a path, a list of paths, or 'a.caffemodel,b.caffemodel'
+                (later files win).
+            strict: (--strict-weights) an error when no layer at all was copied; otherwise a file
+                none of whose layers is a layer of this net is a warning naming both (the net keeps
+                its fillers).
+
+        Returns:
+            The names of the layers with blobs that no source provided.
+        """
+        sources = _weight_sources(source)
         copied = set()
         for where, layers in sources:
-            for name, blobs in layers:
-                layer = self.layers.get(name)
-                if layer is None:
-                    log.info("Ignoring source layer %s", name)
-                    continue
-                target = layer.blobs
-                if len(target) != len(blobs):
-                    raise ShapeError(f"{where}: layer {name}: the file has {len(blobs)} blobs, "
-                                     f"the net's layer has {len(target)}")
-                for i, (t, (arr, proto_shape)) in enumerate(zip(target, blobs)):
-                    shape = tuple(t.shape)
-                    ok = _shape_equals(proto_shape, shape) if proto_shape is not None else _array_fits(arr, shape)
-                    if not ok:
-                        raise ShapeError(f"{where}: layer {name} blob {i}: the file has shape "
-                                         f"{list(arr.shape)}, the net needs {list(shape)}")
-                    with torch.no_grad():
-                        t.copy_(torch.tensor(arr.reshape(shape), dtype=t.dtype))
-                copied.add(name)
+            matched = self._copy_layers(where, layers)
+            copied |= matched
+            with_blobs = sum(1 for _, blobs in layers if blobs)
+            if with_blobs and not matched:
+                log.warning("%s: none of its %d layers with weights is a layer of %s; nothing was copied from it",
+                            where, with_blobs, self.source)
+        if strict and not copied:
+            raise ProtonetError(f"{', '.join(w for w, _ in sources)}: no layer matches a layer of {self.source} "
+                                "(--strict-weights)")
         missing = [n for n, l in self.layers.items() if len(l.blobs) and n not in copied]
         if missing:
             log.info("Layers not in the weights file(s), keeping their fillers: %s", ", ".join(missing))
         return missing
 
-    def to_proto(self, with_blobs=True):
+    def _copy_layers(self, where: str, layers: list) -> set[str]:
+        """Copy the blobs of [(layer name, [(array, stored shape or None)])] into the layers of the same
+        name; returns the names copied."""
+        copied = set()
+        for name, blobs in layers:
+            layer = self.layers.get(name)
+            if layer is None:
+                log.info("Ignoring source layer %s", name)
+                continue
+            target = layer.blobs
+            if len(target) != len(blobs):
+                raise ShapeError(f"{where}: layer {name}: the file has {len(blobs)} blobs, "
+                                 f"the net's layer has {len(target)}")
+            for i, (t, (arr, proto_shape)) in enumerate(zip(target, blobs)):
+                shape = tuple(t.shape)
+                ok = _shape_equals(proto_shape, shape) if proto_shape is not None else _array_fits(arr, shape)
+                if not ok:
+                    raise ShapeError(f"{where}: layer {name} blob {i}: the file has shape "
+                                     f"{list(arr.shape)}, the net needs {list(shape)}")
+                with torch.no_grad():
+                    t.copy_(torch.tensor(arr.reshape(shape), dtype=t.dtype))
+            copied.add(name)
+        return copied
+
+    def to_proto(self, with_blobs: bool = True) -> caffe_pb2.NetParameter:
         """The net definition (the layers this state includes) with its blobs, as Caffe's Net::ToProto."""
         out = caffe_pb2.NetParameter()
         if self.name:
@@ -402,14 +560,14 @@ class Net(nn.Module):
                     blob.shape.SetInParent()
         return out
 
-    def save_weights(self, path):
+    def save_weights(self, path: "str | os.PathLike") -> None:
         """Write a .caffemodel (atomically) that Caffe and OpenCV read."""
         # One entry per layer in order: layers may share a name (Caffe writes each with its blobs).
         blobs = [[t.detach().to("cpu", torch.float32) for t in l.blobs] if len(l.blobs) else None
                  for l in self.layers.values()]
         write_caffemodel(self.to_proto(with_blobs=False), path, blobs=blobs)
 
-    def share_weights_from(self, other):
+    def share_weights_from(self, other: "Net") -> None:
         """Caffe's ShareTrainedLayersWith: every layer with the same name uses `other`'s blob tensors."""
         for name, src in other.layers.items():
             layer = self.layers.get(name)
@@ -427,6 +585,37 @@ class Net(nn.Module):
 
     def extra_repr(self):
         return f"name={self.name!r}, phase={'TRAIN' if self.phase == caffe_pb2.TRAIN else 'TEST'}"
+
+
+def _caffe_state_keys(net, state, prefix, local_metadata):
+    """state_dict post-hook: '<layer>.<blob index>' keys, in the dict's order."""
+    items = list(state.items())
+    state.clear()
+    for key, value in items:
+        inner = key[len(prefix):] if key.startswith(prefix) else None
+        state[prefix + net._state_keys[inner] if inner in net._state_keys else key] = value
+
+
+def _module_state_keys(net, state, prefix, *_):
+    """load_state_dict pre-hook: '<layer>.<blob index>' keys back to the module's own."""
+    for inner, caffe in net._state_keys.items():
+        if prefix + caffe in state and prefix + inner not in state:
+            state[prefix + inner] = state.pop(prefix + caffe)
+def _weight_sources(source):
+    """[(where, [(layer name, [(array, stored shape or None)])])] of the layers with blobs of each source."""
+    if isinstance(source, caffe_pb2.NetParameter):
+        if len(source.layers) and not len(source.layer):
+            source = caffe_pb2.NetParameter.FromString(source.SerializeToString())
+            upgrade_net(source, source=f"net {source.name or '?'}")
+        where = f"net {source.name or '?'}"
+        return [(where, [(l.name, [(blob_to_array(b), _proto_shape(b)) for b in l.blobs])
+                         for l in source.layer])]
+    paths = source.split(",") if isinstance(source, str) else (
+        [source] if isinstance(source, os.PathLike) else list(source))
+    # Straight from the file bytes: a file's blob arrays come with their stored shapes
+    # (legacy num/channels/height/width as 4 axes).
+    return [(os.fspath(p), [(name, [(a, None) for a in arrays])
+                            for name, arrays in read_caffemodel_arrays(p).items()]) for p in paths]
 
 
 def _proto_shape(blob):

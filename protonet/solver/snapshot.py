@@ -157,7 +157,7 @@ class Snapshots:
             learned = state.learned_net if state.HasField("learned_net") else None
             fields = dict(iter=int(state.iter), current_step=int(state.current_step),
                           iter_last_event=int(state.iter_last_event), minimum_loss=float(state.minimum_loss))
-            history = solverstate_history_arrays(state)
+            history = solverstate_history_arrays(state, state_file)
             stem, model_ext = os.path.splitext(state_file)[0], ".caffemodel"
         if learned and not os.path.exists(learned):
             beside = stem + model_ext

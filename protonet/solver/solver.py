@@ -14,6 +14,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -57,8 +58,12 @@ class RunOptions:
     data_workers: int | None = None
     data_shuffle: bool = False        # data layers shuffle their records every epoch
     reencode_jpeg: bool = False       # Caffe's JPEG round trips in AnnotatedData (bit-parity)
+    data_on_device: bool = False      # AnnotatedData: photometric + resize/mean/scale on the device
     skip_data_on_resume: bool = True  # resume reads the data where the snapshot left it
     allow_python_layers: bool = False  # a prototxt's Python layers run code: only when asked
+    max_memory: int | None = None      # bytes a net may need when built (None: the machine's memory)
+    strict_data: bool = False          # a corrupt or bad record is an error, not skipped with a warning
+    strict_weights: bool = False       # --weights of which no layer matches the net are an error
     progress_bars: bool = False       # test passes draw a bar (stderr is a terminal), else log lines
     tensorboard_dir: str | None = None  # also write the log's numbers as TensorBoard scalars here
 
@@ -75,14 +80,20 @@ def read_solver(source):
 
 
 class Solver:
-    """Caffe's SGDSolver family on protonet nets.
+    """Caffe's SGDSolver family (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam) on protonet nets.
 
-    `param`: SolverParameter or path of a solver prototxt (`solver_path`: the file a message came
-    from). `action`: a callable returning NONE/STOP/SNAPSHOT, asked after every iteration and
-    before every test batch (signals).
+    Args:
+        param: a SolverParameter, or the path of a solver prototxt.
+        options: how to run beside the prototxt (device, stages, amp, data-parallel rank...).
+        action: a callable returning NONE/STOP/SNAPSHOT, asked after every iteration and before
+            every test batch (the signal handlers' answer).
+        net_factory: builds the train and test nets (default: Net).
+        solver_path: the file a SolverParameter message came from.
     """
 
-    def __init__(self, param, options=None, action=None, net_factory=None, solver_path=None):
+    def __init__(self, param: "caffe_pb2.SolverParameter | str | os.PathLike", options: "RunOptions | None" = None,
+                 action: "Callable[[], int] | None" = None, net_factory: "Callable | None" = None,
+                 solver_path: "str | os.PathLike | None" = None) -> None:
         self.param = read_solver(param)
         if solver_path is None and not isinstance(param, caffe_pb2.SolverParameter):
             solver_path = os.fspath(param)
@@ -147,13 +158,16 @@ class Solver:
         o = self.options
         return NetContext(phase=phase, seed=self.seed, rank=o.rank, world_size=o.world_size,
                           data_workers=o.data_workers, data_shuffle=o.data_shuffle, reencode_jpeg=o.reencode_jpeg,
-                          allow_python_layers=o.allow_python_layers)
+                          data_on_device=o.data_on_device, allow_python_layers=o.allow_python_layers,
+                          max_memory=o.max_memory, strict_data=o.strict_data)
 
-    def _make_net(self, net_param, phase):
+    def _make_net(self, net_param, phase, source=None):
         factory = self._net_factory
         if factory is None:
             factory = Net
         net = factory(net_param, phase=phase, ctx=self._context(phase))
+        if source:
+            net.source = source  # the file named in the solver, for messages
         net.to(self.device)
         if self.options.channels_last:
             to_channels_last(net)
@@ -185,7 +199,8 @@ class Solver:
             state.level = int(self.options.level)
         state.stage.extend(s for s in self.options.stages if s not in state.stage)
         net_param.state.CopyFrom(state)
-        return self._make_net(net_param, caffe_pb2.TRAIN)
+        return self._make_net(net_param, caffe_pb2.TRAIN, source=getattr(p, field) if not field.endswith("_param")
+                              else f"the solver's {field}")
 
     def _init_test_nets(self):
         p = self.param
@@ -226,31 +241,38 @@ class Solver:
             state.stage.extend(s for s in self.options.stages if s not in state.stage)
             copy.state.CopyFrom(state)
             log.info("Creating test net (#%d) specified by %s", i, source)
-            nets.append(self._make_net(copy, caffe_pb2.TEST))
+            nets.append(self._make_net(copy, caffe_pb2.TEST, source=source))
         return nets
 
     # ------------------------------------------------------------------ weights and state
-    def copy_weights(self, weights):
-        """Caffe's CopyLayers: each file, in order, into the train net and every test net."""
+    def copy_weights(self, weights: "str | Sequence[str | os.PathLike]") -> None:
+        """Caffe's CopyLayers: each file, in order, into the train net and every test net. A file that
+        matches no layer is a warning (Net.load_weights); none matching at all, with strict_weights, an error."""
+        copied_any = False
         for path in weights.split(",") if isinstance(weights, str) else weights:
             path = os.fspath(path).strip()
             if self.is_root:
                 log.info("Finetuning from %s", path)
             source = weights_source(path)
-            self.net.load_weights(source)
+            missing = self.net.load_weights(source)
+            copied_any = copied_any or len(missing) < len(self.net.params)
             for net in self.test_nets:
                 net.load_weights(source)
+        if self.options.strict_weights and not copied_any:
+            raise ProtonetError(f"{weights}: no layer matches a layer of the train net {self.net.source} "
+                                "(--strict-weights)")
 
-    def snapshot_filename(self, extension):
+    def snapshot_filename(self, extension: str) -> str:
+        """PREFIX_iter_N.EXTENSION for the current iteration."""
         return Snapshots(self.param, self.solver_path).filename(self.progress.iter, extension)
 
-    def snapshot(self):
+    def snapshot(self) -> tuple:
         """Write PREFIX_iter_N.caffemodel and PREFIX_iter_N.solverstate (or the HDF5 pair), each atomically."""
         pair = Snapshots(self.param, self.solver_path).write(self.net, self.updater, self.progress, log)
         self.last_snapshot = pair
         return pair
 
-    def restore(self, state_file):
+    def restore(self, state_file: "str | os.PathLike") -> None:
         """Caffe's Restore: iteration, step, history, and the weights of `learned_net`."""
         state_file = os.fspath(state_file)
         saved = Snapshots.read(state_file)
@@ -268,14 +290,14 @@ class Solver:
         if self.is_root:
             log.info(msg, *args)
 
-    def request(self, collective=True):
+    def request(self, collective: bool = True) -> int:
         """What the action callable asks now; with several processes, what any of them asks."""
         action = self.action() if self.action is not None else NONE
         if collective and self.options.world_size > 1:
             action = parallel.agree_on_action(action, self.device)
         return action
 
-    def autocast(self):
+    def autocast(self) -> contextlib.AbstractContextManager:
         """The forward passes' autocast context (--amp), or none."""
         amp = self.options.amp
         if not amp:
@@ -317,7 +339,8 @@ class Solver:
                 index += 1
         return outputs
 
-    def step(self, iters):
+    def step(self, iters: int) -> None:
+        """Caffe's Step: `iters` iterations (tests, display, snapshots and signals on their schedule)."""
         p = self.param
         start_iter = self.progress.iter
         stop_iter = start_iter + iters
@@ -406,7 +429,7 @@ class Solver:
             log.error(msg)
         raise TrainingDiverged(msg)
 
-    def solve(self, resume_file=None):
+    def solve(self, resume_file: "str | os.PathLike | None" = None) -> None:
         """Caffe's Solve: train to max_iter (from a snapshot if given), snapshot, final display/test."""
         p = self.param
         if self.is_root:
@@ -437,7 +460,8 @@ class Solver:
         self.log_info("Optimization Done.")
 
     # ------------------------------------------------------------------ testing
-    def test_all(self):
+    def test_all(self) -> list:
+        """Caffe's TestAll: one pass of every test net; their outputs (and mAP) logged."""
         results = testing.test_all(self)
         if self.scalars is not None:
             for i, outputs in enumerate(results):

@@ -197,7 +197,7 @@ class Updater:
                 diff.add_(torch.sign(data) if l1 else data, alpha=local_decay)
             local_rate = float(_f32(rate) * _f32(lr_mult))
             update = self.rule.compute(i, diff, local_rate, it)
-            blob.data.sub_(update.to(blob.dtype))
+            blob.sub_(update.to(blob.dtype))  # moves the version counter: inference caches see it
 
     # -- solverstate history ------------------------------------------------------------------
 

@@ -130,7 +130,7 @@ class Top:
         self.fn = fn
         self.n = n
 
-    def to_proto(self):
+    def to_proto(self) -> caffe_pb2.NetParameter:
         """A NetParameter with every layer needed to compute this top."""
         return to_proto(self)
 
@@ -212,10 +212,14 @@ class Function:
 
 
 class NetSpec:
-    """Named tops: assign them as attributes or items; `to_proto` gives every layer needed
-    to compute them, in the order they were assigned (dependencies first)."""
+    """Named tops, as pycaffe's NetSpec.
 
-    def __init__(self):
+    Assign tops as attributes or items (`n.conv1 = L.Convolution(n.data, ...)`); `to_proto`
+    gives every layer needed to compute them, in the order they were assigned (dependencies
+    first), each top named by its attribute.
+    """
+
+    def __init__(self) -> None:
         super().__setattr__("tops", OrderedDict())
 
     def __setattr__(self, name, value):
@@ -244,18 +248,20 @@ class NetSpec:
     def __contains__(self, name):
         return name in self.tops
 
-    def keys(self):
+    def keys(self) -> list[str]:
         """The top names in assignment order, as a list (scripts index it: `net.keys()[-1]`)."""
         return list(self.tops)
 
-    def vals(self):
+    def vals(self) -> list[Top]:
+        """The tops in assignment order."""
         return list(self.tops.values())
 
-    def update(self, name, params):
+    def update(self, name: str, params: dict) -> None:
         """Add or change parameters of the layer that makes top `name`."""
         self.tops[name]._update(params)
 
-    def to_proto(self):
+    def to_proto(self) -> caffe_pb2.NetParameter:
+        """The NetParameter of every layer the named tops need (unnamed tops get pycaffe's names)."""
         names = {top: name for name, top in self.tops.items()}
         autonames = Counter()
         layers = OrderedDict()
@@ -266,7 +272,7 @@ class NetSpec:
         return net
 
 
-def to_proto(*tops):
+def to_proto(*tops: Top) -> caffe_pb2.NetParameter:
     """A NetParameter with every layer needed to compute `tops`; all names automatic."""
     layers = OrderedDict()
     autonames = Counter()

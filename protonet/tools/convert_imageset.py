@@ -19,6 +19,7 @@ import re
 
 from protonet import caffe_pb2
 from protonet.errors import ProtonetError
+from protonet.io.prototxt import read_bytes
 from protonet.tools.create_annoset import image_to_datum
 from protonet.tools.lmdb_writer import NewLmdb
 
@@ -34,8 +35,12 @@ def read_image_list(list_file):
     """[(lineno, path, label)] for every line (blank lines too: they keep their line number)."""
     if not os.path.isfile(list_file):
         raise ProtonetError(f"{list_file}: list file does not exist")
-    with open(list_file, newline="") as fh:
-        lines = fh.read().split("\n")
+    data = read_bytes(list_file)
+    try:
+        lines = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        lineno = data[:exc.start].count(b"\n") + 1
+        raise ProtonetError(f"{list_file}:{lineno}: not UTF-8 text") from None
     if lines and lines[-1] == "":
         lines.pop()  # the newline ending the last line does not start another
     entries = []
@@ -44,6 +49,8 @@ def read_image_list(list_file):
         if not blank:
             path, label = line, line
         value = _atoi(label)
+        if not -2**31 <= value < 2**31:
+            raise ProtonetError(f"{list_file}:{lineno}: label {value} does not fit in a 32-bit int")
         if line.strip() and not re.fullmatch(r"\s*[+-]?\d+\s*", label):
             log.warning("%s:%d: label %r is not an integer: %d, as Caffe's atoi reads it", list_file, lineno,
                         label, value)

@@ -24,10 +24,8 @@ re-encodes every image); an unreadable image is skipped with a warning naming it
 is reported with its list line (Caffe is silent) and the image is stored without boxes, as
 Caffe does. The database is written under a temporary name and renamed when complete.
 """
-import contextlib
 import csv
 import io
-import json
 import logging
 import os
 import random
@@ -37,7 +35,11 @@ import cv2
 import numpy as np
 
 from protonet import caffe_pb2
+from protonet.data.records import read_image_file
 from protonet.errors import ProtonetError
+from protonet.io.json_files import check_box, load_coco
+from protonet.io.json_files import read_json as read_json_file
+from protonet.io.prototxt import read_bytes, read_utf8_lines
 from protonet.io.labelmap import map_name_to_label, read_labelmap
 from protonet.tools.lmdb_writer import NewLmdb
 
@@ -63,7 +65,7 @@ def _same_format(path, encoding):
 
 def read_image(path, resize_height, resize_width, min_dim, max_dim, is_color):
     """Caffe's ReadImageToCVMat: imread, then min_dim/max_dim scaling or a fixed resize."""
-    img = cv2.imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
+    img = read_image_file(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
     if img is None:
         return None, False
     if min_dim > 0 or max_dim > 0:
@@ -111,7 +113,7 @@ def image_to_datum(path, label, opts, datum):
 
 def original_size(path):
     """(height, width) of the image file as OpenCV decodes it (Caffe's GetImageSize)."""
-    img = cv2.imread(path)
+    img = read_image_file(path)
     if img is None:
         raise ProtonetError(f"{path}: cannot read image")
     return img.shape[:2]
@@ -137,7 +139,13 @@ class Groups:
         return anno
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 def _normalize(xmin, ymin, xmax, ymax, width, height, where):
+    if not all(abs(float(v)) <= _F32_MAX for v in (xmin, ymin, xmax, ymax)):  # NaN fails too
+        raise ProtonetError(f"{where}: box coordinates {[float(v) for v in (xmin, ymin, xmax, ymax)]} "
+                            "are not finite float32 numbers")
     if xmin > width or xmax > width or ymin > height or ymax > height or min(xmin, ymin, xmax,
                                                                            ymax) < 0:
         log.warning("%s: bounding box exceeds image boundary.", where)
@@ -160,16 +168,20 @@ def _size_or(img_hw, height, width, where):
         log.warning("%s: inconsistent image height.", where)
     if width != img_hw[1]:
         log.warning("%s: inconsistent image width.", where)
-    if not width or not height:
-        raise ProtonetError(f"{where}: no valid image width/height")
+    if not (_positive_int(width) and _positive_int(height)):
+        raise ProtonetError(f"{where}: no valid image width/height ({width!r}, {height!r})")
     return height, width
+
+
+def _positive_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 < value < 2**31
 
 
 def read_xml(path, img_hw, name_to_label, anno_datum):
     """Pascal VOC XML (the fork's ReadXMLToAnnotatedDatum)."""
     try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
+        root = ET.fromstring(read_bytes(path))
+    except (ET.ParseError, ValueError, LookupError, RecursionError) as exc:
         raise ProtonetError(f"{path}: not valid XML ({exc})") from None
     if root.tag != "annotation":
         raise ProtonetError(f"{path}: root element is <{root.tag}>, expected <annotation>")
@@ -206,13 +218,11 @@ _COCO = {}
 
 def _coco(path):
     if path not in _COCO:
-        from pycocotools.coco import COCO  # pycocotools (imports matplotlib): only for COCO files
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO(path)
+        coco = load_coco(path)
         by_name = {}
-        for img in coco.dataset.get("images", []):
-            by_name.setdefault(os.path.basename(img["file_name"]), img)
+        for img in coco.dataset["images"]:
+            if "file_name" in img:
+                by_name.setdefault(os.path.basename(img["file_name"]), img)
         _COCO.clear()
         _COCO[path] = (coco, by_name)
     return _COCO[path]
@@ -227,10 +237,23 @@ def _coco_category(coco, cat_id, name_to_label, where):
     raise ProtonetError(f"{where}: category {cat_id} ({name}) is not in the label map")
 
 
+def _per_image_json(path):
+    """(image size dict, annotations) of the fork's per-image JSON, its structure checked."""
+    doc = read_json_file(path)
+    image = doc.get("image", {}) if isinstance(doc, dict) else None
+    anns = doc.get("annotation", []) if isinstance(doc, dict) else None
+    if not isinstance(image, dict) or not isinstance(anns, list):
+        raise ProtonetError(f"{path}: expected an object with 'image' (an object) and 'annotation' (a list)")
+    for i, ann in enumerate(anns):
+        if not isinstance(ann, dict) or "category_id" not in ann or "bbox" not in ann:
+            raise ProtonetError(f"{path}: annotation[{i}] needs 'category_id' and 'bbox'")
+        check_box(ann["bbox"], f"{path}: annotation[{i}]")
+    return image, anns
+
+
 def read_json(path, image_path, img_hw, name_to_label, anno_datum):
     """The fork's per-image JSON, or a COCO instances file (looked up by image file name)."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
+    head = read_bytes(path)[:4096]
     if b'"images"' in head or b'"info"' in head or b'"licenses"' in head:
         coco, by_name = _coco(path)
         info = by_name.get(os.path.basename(image_path))
@@ -239,14 +262,8 @@ def read_json(path, image_path, img_hw, name_to_label, anno_datum):
         height, width = _size_or(img_hw, info.get("height"), info.get("width"), path)
         anns = coco.loadAnns(coco.getAnnIds(imgIds=[info["id"]], iscrowd=None))
     else:
-        try:
-            with open(path) as f:
-                doc = json.load(f)
-        except ValueError as exc:
-            raise ProtonetError(f"{path}: not valid JSON ({exc})") from None
-        image = doc.get("image", {})
+        image, anns = _per_image_json(path)
         height, width = _size_or(img_hw, image.get("height"), image.get("width"), path)
-        anns = doc.get("annotation", [])
         coco = None
     groups = Groups(anno_datum)
     for ann in anns:
@@ -254,65 +271,78 @@ def read_json(path, image_path, img_hw, name_to_label, anno_datum):
             label = _coco_category(coco, ann["category_id"], name_to_label, path)
         else:
             label = _label_of(str(ann["category_id"]), name_to_label, path)
-        bbox = [F32(v) for v in ann["bbox"]]
-        if len(bbox) != 4:
-            raise ProtonetError(f"{path}: a bbox needs 4 numbers, got {len(bbox)}")
+        bbox = check_box(ann["bbox"], path)
         box = _normalize(bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3], width, height,
                          path)
-        groups.add(label, box, int(ann.get("iscrowd", 0)))
+        crowd = ann.get("iscrowd", 0)
+        if crowd not in (0, 1):
+            raise ProtonetError(f"{path}: iscrowd must be 0 or 1, got {crowd!r:.40}")
+        groups.add(label, box, bool(crowd))
 
 
 def read_txt(path, img_hw, anno_datum):
     """The fork's text labels: "label xmin ymin xmax ymax" per line, pixels."""
     height, width = img_hw
     groups = Groups(anno_datum)
-    with open(path) as f:
-        tokens = f.read().split()
+    tokens = " ".join(read_utf8_lines(path)).split()
     for i in range(0, len(tokens) - len(tokens) % 5, 5):
         try:
             label = int(tokens[i])
             coords = [float(t) for t in tokens[i + 1:i + 5]]
         except ValueError:
             break  # Caffe's stream extraction stops at the first malformed entry
+        if not -2**31 <= label < 2**31:
+            break  # nor does an int hold it
         groups.add(label, _normalize(*coords, width, height, path), False)
 
 
 # ---- list files -------------------------------------------------------------------------------
 
+def _read_csv_list(list_file):
+    """[(lineno, image path, [(lineno, [x1, y1, x2, y2, class])])] of a detection CSV."""
+    text = "\n".join(read_utf8_lines(list_file))
+    entries, order = [], {}
+    reader = csv.reader(io.StringIO(text))
+    try:
+        for row in reader:
+            lineno = reader.line_num
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) != 6:
+                raise LineError(f"{list_file}:{lineno}: expected path,x1,y1,x2,y2,class, "
+                                f"got {len(row)} fields")
+            path = row[0].strip()
+            if path not in order:
+                order[path] = len(entries)
+                entries.append((lineno, path, []))
+            if any(v.strip() for v in row[1:]):
+                entries[order[path]][2].append((lineno, row[1:]))
+    except csv.Error as exc:
+        raise LineError(f"{list_file}:{reader.line_num}: not a CSV row ({exc})") from None
+    return entries
+
+
 def read_list(list_file, anno_type, label_type):
     """[(lineno, image path, label or label path or csv rows)]."""
-    entries = []
     if label_type == "csv" and anno_type == "detection":
-        order = {}
-        with open(list_file, newline="") as f:
-            for lineno, row in enumerate(csv.reader(f), 1):
-                if not row or not "".join(row).strip():
-                    continue
-                if len(row) != 6:
-                    raise LineError(f"{list_file}:{lineno}: expected path,x1,y1,x2,y2,class, "
-                                    f"got {len(row)} fields")
-                path = row[0].strip()
-                if path not in order:
-                    order[path] = len(entries)
-                    entries.append((lineno, path, []))
-                if any(v.strip() for v in row[1:]):
-                    entries[order[path]][2].append((lineno, row[1:]))
-        return entries
-    with open(list_file) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise LineError(f"{list_file}:{lineno}: expected 'IMAGE {'LABEL' if anno_type == 'classification' else 'LABELFILE'}', got {line.strip()!r}")
-            if anno_type == "classification":
-                try:
-                    entries.append((lineno, parts[0], int(parts[1])))
-                except ValueError:
-                    raise LineError(f"{list_file}:{lineno}: label {parts[1]!r} is not an integer") \
-                        from None
-            else:
-                entries.append((lineno, parts[0], parts[1]))
+        return _read_csv_list(list_file)
+    entries = []
+    for lineno, line in enumerate(read_utf8_lines(list_file), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise LineError(f"{list_file}:{lineno}: expected 'IMAGE {'LABEL' if anno_type == 'classification' else 'LABELFILE'}', got {line.strip()!r}")
+        if anno_type == "classification":
+            try:
+                label = int(parts[1])
+            except ValueError:
+                raise LineError(f"{list_file}:{lineno}: label {parts[1]!r} is not an integer") from None
+            if not -2**31 <= label < 2**31:
+                raise LineError(f"{list_file}:{lineno}: label {label} does not fit in a 32-bit int")
+            entries.append((lineno, parts[0], label))
+        else:
+            entries.append((lineno, parts[0], parts[1]))
     return entries
 
 

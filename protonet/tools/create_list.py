@@ -9,19 +9,18 @@ tools/get_image_size do.
   protonet create-list name-size ROOT LISTFILE OUTFILE
                                               "name height width" per listed image
 """
-import json
 import os
 import random
 
-import cv2
-
+from protonet.data.records import read_image_file
 from protonet.errors import ProtonetError
-from protonet.io.prototxt import atomic_write
+from protonet.io.json_files import check_coco, read_json
+from protonet.io.prototxt import atomic_write, read_utf8_lines
 
 
 def image_size(path):
     """(height, width) as OpenCV decodes the file (the fork's GetImageSize)."""
-    img = cv2.imread(path)
+    img = read_image_file(path)
     if img is None:
         raise ProtonetError(f"{path}: cannot read image")
     return img.shape[:2]
@@ -32,14 +31,13 @@ def read_pairs(list_file):
     if not os.path.isfile(list_file):
         raise ProtonetError(f"{list_file}: no such list file")
     pairs = []
-    with open(list_file) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 2:
-                raise ProtonetError(f"{list_file}:{lineno}: expected 'IMAGE LABEL', got {line.strip()!r}")
-            pairs.append((lineno, parts[0], parts[1]))
+    for lineno, line in enumerate(read_utf8_lines(list_file), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 2:
+            raise ProtonetError(f"{list_file}:{lineno}: expected 'IMAGE LABEL', got {line.strip()!r}")
+        pairs.append((lineno, parts[0], parts[1]))
     return pairs
 
 
@@ -50,13 +48,15 @@ def write_name_size(root, list_file, out_file, name_id_file=None, progress=None)
     name_to_id = None
     if name_id_file:
         name_to_id = {}
-        with open(name_id_file) as f:
-            for lineno, line in enumerate(f, 1):
-                parts = line.split()
-                if len(parts) >= 2:
-                    if parts[0] in name_to_id:
-                        raise ProtonetError(f"{name_id_file}:{lineno}: {parts[0]} given twice")
+        for lineno, line in enumerate(read_utf8_lines(name_id_file), 1):
+            parts = line.split()
+            if len(parts) >= 2:
+                if parts[0] in name_to_id:
+                    raise ProtonetError(f"{name_id_file}:{lineno}: {parts[0]} given twice")
+                try:
                     name_to_id[parts[0]] = int(parts[1])
+                except ValueError:
+                    raise ProtonetError(f"{name_id_file}:{lineno}: id {parts[1]!r} is not an integer") from None
     lines = []
     for lineno, image, _ in (progress(pairs) if progress else pairs):
         path = os.path.join(root, image)
@@ -83,8 +83,7 @@ def voc_lines(root, year_dir, subset):
     ids_file = os.path.join(root, year_dir, "ImageSets", "Main", f"{subset}.txt")
     if not os.path.isfile(ids_file):
         raise ProtonetError(f"{ids_file}: no such image set file")
-    with open(ids_file) as f:
-        ids = [line.strip() for line in f if line.strip()]
+    ids = [line.strip() for line in read_utf8_lines(ids_file) if line.strip()]
     return [f"{year_dir}/JPEGImages/{i}.jpg {year_dir}/Annotations/{i}.xml\n" for i in ids]
 
 
@@ -108,15 +107,15 @@ def write_coco_list(root, outfile, instances, images_dir=None, name_size=None, s
     path = os.path.join(root, instances)
     if not os.path.isfile(path):
         raise ProtonetError(f"{path}: no such COCO instances file")
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except ValueError as exc:
-        raise ProtonetError(f"{path}: not valid JSON ({exc})") from None
+    doc = check_coco(read_json(path), path)
     if images_dir is None:
         stem = os.path.splitext(os.path.basename(instances))[0]
         images_dir = os.path.join("images", stem.split("_", 1)[-1])
     images = sorted(doc.get("images", []), key=lambda im: im["id"])
+    for im in images:
+        for field in ("file_name",) + (("height", "width") if name_size else ()):
+            if field not in im:
+                raise ProtonetError(f"{path}: image {im['id']} has no '{field}'")
     lines = [f"{images_dir}/{im['file_name']} {instances}\n" for im in images]
     if shuffle:
         random.Random(seed).shuffle(lines)

@@ -21,6 +21,7 @@ DIR/detections.jsonl with one line per detection:
 with the box in pixels of the original image (continuous coordinates, 0 at the left edge).
 """
 import json
+import logging
 import os
 import re
 
@@ -30,7 +31,7 @@ import torch
 
 from protonet import caffe_pb2
 from protonet.data.pipeline import sample_processor
-from protonet.data.records import Sample
+from protonet.data.records import Sample, read_image_file
 from protonet.errors import ProtonetError
 from protonet.io.atomic import atomic_open, atomic_write_image, remove_stale
 from protonet.io.labelmap import label_names
@@ -39,6 +40,7 @@ from protonet.layers.base import LAYERS, NetContext
 from protonet.net import Net
 from protonet.net.filtering import layer_included
 
+logger = logging.getLogger("protonet.detect")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 TRANSFORM_COMMENT = re.compile(r"^#\s*transform_param\s*\{(.*)\}\s*$")
 LABELMAP_COMMENT = re.compile(r"^#\s*labelmap:\s*(\S+)\s*$")
@@ -185,13 +187,16 @@ def draw(image, detections, names):
 class Detector:
     """A deploy net plus its test transform: `detect(image)` gives detections in image pixels."""
 
-    def __init__(self, model, weights, device="cpu", mean=None, scale=None, resize=None, labelmap=None):
+    def __init__(self, model, weights, device="cpu", mean=None, scale=None, resize=None, labelmap=None,
+                 max_memory=None, strict_weights=False, precision="fp32"):
         for path, what in ((model, "--model"), (weights, "--weights")):
             if not os.path.isfile(path):
                 raise ProtonetError(f"{path}: no such file ({what})")
-        self.net = Net(model, phase="TEST", weights=weights)
+        self.net = Net(model, phase="TEST", ctx=NetContext(phase=caffe_pb2.TEST, max_memory=max_memory))
+        self.net.load_weights(weights, strict=strict_weights)
         self.net.eval()
         self.net.to(device)
+        self.net.set_inference(precision=precision)
         self.device = device
         if len(self.net.input_names) != 1:
             raise ProtonetError(f"{model}: detect needs a deploy net with one input blob, "
@@ -225,7 +230,7 @@ class Detector:
 
     def read(self, path):
         flag = cv2.IMREAD_GRAYSCALE if self.input_shape[1] == 1 else cv2.IMREAD_COLOR
-        img = cv2.imread(path, flag)
+        img = read_image_file(path, flag)
         if img is None:
             raise ProtonetError(f"{path}: not an image OpenCV can read")
         return img if img.ndim == 3 else img[:, :, None]
@@ -258,21 +263,31 @@ class Detector:
 
 
 def run_detect(model, weights, inputs, out_dir, labelmap=None, threshold=0.5, device="cpu", mean=None,
-               scale=None, resize=None, progress=None, log=None):
-    """Detect on every image of `inputs`; writes the drawn images and detections.jsonl. Returns the records."""
+               scale=None, resize=None, progress=None, log=None, max_memory=None, strict_weights=False,
+               precision="fp32"):
+    """Detect on every image of `inputs`; writes the drawn images and detections.jsonl.
+
+    An image that cannot be read is skipped (with a warning) and the others go on. Returns (images,
+    detection records, one line per skipped image: "PATH: why")."""
     images = collect_images(inputs)
-    detector = Detector(model, weights, device=device, mean=mean, scale=scale, resize=resize, labelmap=labelmap)
+    detector = Detector(model, weights, device=device, mean=mean, scale=scale, resize=resize, labelmap=labelmap,
+                        max_memory=max_memory, strict_weights=strict_weights, precision=precision)
     if log:
         log(f"detect: transform from {detector.transform_source}: "
             f"{' '.join(str(detector.transform_param).split())}")
     os.makedirs(out_dir, exist_ok=True)
     # what a killed run left: the temporaries of detections.jsonl and of the drawn images
     remove_stale(out_dir, r"detections\.jsonl|.+(?i:" + "|".join(re.escape(e) for e in IMAGE_EXTENSIONS) + ")")
-    used, records = set(), []
+    used, records, skipped = set(), [], []
     jsonl = os.path.join(out_dir, "detections.jsonl")
     with atomic_open(jsonl, "w") as fh:  # a killed run leaves no half file under the final name
         for path in (progress(images) if progress else images):
-            img = detector.read(path)
+            try:
+                img = detector.read(path)
+            except ProtonetError as exc:
+                logger.warning("skipped: %s", exc)
+                skipped.append(str(exc))
+                continue
             dets = detector.detect(img, key=path, threshold=threshold)
             atomic_write_image(os.path.join(out_dir, _output_name(path, used)), draw(img, dets, detector.names))
             for det in dets:
@@ -280,7 +295,7 @@ def run_detect(model, weights, inputs, out_dir, labelmap=None, threshold=0.5, de
                           "box": det["box"]}
                 fh.write(json.dumps(record) + "\n")
                 records.append(record)
-    return images, records
+    return images, records, skipped
 
 
 def parse_floats(text, what, count=None):

@@ -20,10 +20,12 @@ import os
 import numpy as np
 import torch
 
+from protonet import caffe_pb2
 from protonet.errors import ProtonetError
 from protonet.eval.voc import AP_VERSIONS, DetectionAccumulator
 from protonet.io.labelmap import label_names
 from protonet.io.name_size import read_name_size
+from protonet.layers.base import NetContext
 from protonet.net import Net
 
 
@@ -75,7 +77,8 @@ class CocoCollector:
         self.batch = _batch_size(net)
         if not self.batch:
             raise ProtonetError(f"{model}: cannot find the test batch size")
-        by_file = {os.path.splitext(img["file_name"])[0]: img["id"] for img in gt.dataset.get("images", [])}
+        by_file = {os.path.splitext(img["file_name"])[0]: img["id"] for img in gt.dataset.get("images", [])
+                   if "file_name" in img}
         known_ids = set(gt.getImgIds())
         self.image_ids = []
         for name, _, _ in self.images:
@@ -91,6 +94,7 @@ class CocoCollector:
         cats = {c["id"]: c for c in gt.dataset.get("categories", [])}
         by_cat_name = {c["name"]: c["id"] for c in cats.values()}
         self.category = {}
+        self.labelmap = labelmap_path
         for label, name in label_names(labelmap_path).items():
             if name.isdigit() and int(name) in cats:
                 self.category[label] = int(name)
@@ -108,7 +112,8 @@ class CocoCollector:
                 continue
             _, height, width = self.images[index]
             if int(label) not in self.category:
-                continue
+                raise ProtonetError(f"{self.labelmap}: label {int(label)} of the detections has no COCO category "
+                                    "(an item named by the category's id or name)")
             # Caffe's save_output_param writes COCO boxes as [xmin, ymin, width, height] in pixels.
             x0, x1 = np.clip([x0, x1], 0, 1) * width
             y0, y1 = np.clip([y0, y1], 0, 1) * height
@@ -134,18 +139,31 @@ class CocoCollector:
         return [float(v) for v in coco_eval.stats]
 
 
+def _check_named(aps, names, labelmap):
+    """Every label the data holds must be an item of the label map (a blank class name hides a wrong map)."""
+    unnamed = sorted(label for label in aps if label not in names)
+    if names and unnamed:
+        raise ProtonetError(f"{labelmap}: no item for label {unnamed[0]}, which the test data holds"
+                            + (f" (nor for {', '.join(str(u) for u in unnamed[1:])})" if len(unnamed) > 1 else ""))
+
+
 def evaluate(model, weights=None, iterations=None, ap_version="11point", labelmap=None, coco_gt=None,
-             device="cpu", progress=None):
-    """Run the test net; returns {'map': mAP, 'ap': {label: AP}, 'names': {...}, 'coco': stats or None}."""
+             device="cpu", progress=None, max_memory=None, strict_data=False, strict_weights=False,
+             precision="fp32"):
+    """Run the test net; returns {'map': mAP, 'ap': {label: AP}, 'names': {...}, 'coco': stats or None}.
+    A label of the data that the label map does not name is an error naming it."""
     if ap_version not in AP_VERSIONS:
         raise ProtonetError(f"--ap-version {ap_version}: one of {', '.join(AP_VERSIONS)}")
     if not os.path.isfile(model):
         raise ProtonetError(f"{model}: no such file (--model)")
     if weights is not None and not os.path.isfile(weights):
         raise ProtonetError(f"{weights}: no such file (--weights)")
-    net = Net(model, phase="TEST", weights=weights)
+    net = Net(model, phase="TEST", ctx=NetContext(phase=caffe_pb2.TEST, max_memory=max_memory, strict_data=strict_data))
+    if weights is not None:
+        net.load_weights(weights, strict=strict_weights)
     net.eval()
     net.to(device)
+    net.set_inference(precision=precision)
     evaluators = [layer.param.top[0] for layer in _layers_of_type(net, "DetectionEvaluate")]
     if not evaluators and coco_gt is None:
         raise ProtonetError(f"{model}: no DetectionEvaluate layer: not a detection test net (see --coco-gt)")
@@ -156,9 +174,9 @@ def evaluate(model, weights=None, iterations=None, ap_version="11point", labelma
     if coco_gt is not None:
         if not os.path.isfile(coco_gt):
             raise ProtonetError(f"{coco_gt}: no such file (--coco-gt)")
-        from pycocotools.coco import COCO  # pycocotools (imports matplotlib): only for --coco-gt
+        from protonet.io.json_files import load_coco
 
-        gt = COCO(coco_gt)
+        gt = load_coco(coco_gt, for_eval=True)
         collector = CocoCollector(net, model, gt, labelmap)
     accumulators = [DetectionAccumulator() for _ in evaluators]
     steps = range(iterations)
@@ -172,6 +190,7 @@ def evaluate(model, weights=None, iterations=None, ap_version="11point", labelma
     result = {"names": label_names(labelmap, display=True), "iterations": iterations, "coco": None, "map": None, "ap": {}}
     for k, acc in enumerate(accumulators):
         m_ap, aps = acc.evaluate(ap_version)
+        _check_named(aps, result["names"], labelmap)
         if k == 0:
             result["map"], result["ap"] = float(m_ap), {label: float(ap) for label, ap in aps.items()}
         result.setdefault("outputs", []).append(float(m_ap))

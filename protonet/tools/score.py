@@ -15,18 +15,19 @@ log = get_logger("caffe")
 
 
 def score_model(model, weights, iterations, device="cpu", level=0, stages=(), ap_version="11point",
-                per_class=False, ctx=None, progress_bar=False):
+                per_class=False, ctx=None, progress_bar=False, strict_weights=False, precision="fp32"):
     """Caffe's test(): mean of every output over `iterations` batches; mAP for detection outputs.
     `ctx` is the NetContext of the TEST net (its options). A net whose outputs are all detection
     rows (Caffe logs nothing per batch for them) shows its progress: a bar with `progress_bar`,
-    else a log line every tenth of the pass. Returns {output name: mean values or (mAP, {label: AP})}."""
+    else a log line every tenth of the pass. `strict_weights`: weights matching no layer are an error. Returns {output name: mean values or (mAP, {label: AP})}."""
     ctx = ctx or NetContext(phase=caffe_pb2.TEST)
     # Result files the test net's DetectionOutput asks for are part of what `test` produces.
     ctx = dataclasses.replace(ctx, result_files_required=True)
     net = Net(model, phase="TEST", stages=stages, level=level, ctx=ctx)
     net.to(device)
-    net.load_weights(weights)
+    net.load_weights(weights, strict=strict_weights)
     net.eval()
+    net.set_inference(precision=precision)
     log.info("Running for %d iterations.", iterations)
     detection_outputs = set()
     for name in net.output_names:

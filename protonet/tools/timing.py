@@ -38,17 +38,18 @@ def _time_layers(net, sync):
 
 
 def time_model(model, iterations, device="cpu", phase="TRAIN", level=0, stages=(), weights="", amp=None,
-               channels_last=False, allow_python_layers=False):
+               channels_last=False, allow_python_layers=False, max_memory=None, strict_data=False,
+               strict_weights=False):
     """Caffe's time(): returns {'forward_ms', 'backward_ms', 'layers_ms': {layer: ms}} per iteration."""
     device = torch.device(device)
     ctx = NetContext(phase=caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST,
-                     allow_python_layers=allow_python_layers)
+                     allow_python_layers=allow_python_layers, max_memory=max_memory, strict_data=strict_data)
     net = Net(model, phase=phase, stages=stages, level=level, ctx=ctx)
     net.to(device)
     if channels_last:
         to_channels_last(net)
     if weights:
-        net.load_weights(weights)
+        net.load_weights(weights, strict=strict_weights)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
                 if amp else contextlib.nullcontext())
@@ -100,3 +101,36 @@ def time_model(model, iterations, device="cpu", phase="TRAIN", level=0, stages=(
     log.info("*** Benchmark ends ***")
     return {"forward_ms": forward_time * 1000 / n, "backward_ms": backward_time * 1000 / n,
             "layers_ms": {k: v * 1000 / n for k, v in layer_times.items()}}
+
+
+def time_inference(model, iterations, device="cpu", phase="TEST", level=0, stages=(), weights="", precision="fp32",
+                   allow_python_layers=False, max_memory=None, strict_data=False, strict_weights=False):
+    """The forward pass in inference mode (folded, fused, packed; protonet/net/inference.py), timed:
+    returns {'forward_ms', 'median_ms', 'fused'}."""
+    device = torch.device(device)
+    ctx = NetContext(phase=caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST,
+                     allow_python_layers=allow_python_layers, max_memory=max_memory, strict_data=strict_data)
+    net = Net(model, phase=phase, stages=stages, level=level, ctx=ctx)
+    net.to(device)
+    if weights:
+        net.load_weights(weights, strict=strict_weights)
+    net.set_inference(precision=precision)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    inputs = {name: torch.zeros(net.blob_shapes[name], device=device) for name in net.input_names}
+    times = []
+    with torch.inference_mode():
+        net(**inputs)
+        log.info("*** Benchmark begins *** (inference mode, %s)", precision)
+        for j in range(iterations):
+            sync()
+            t0 = time.perf_counter()
+            net(**inputs)
+            sync()
+            times.append((time.perf_counter() - t0) * 1000)
+            log.info("Iteration: %d forward time: %s ms.", j + 1, format_float(times[-1]))
+    n = max(iterations, 1)
+    median = sorted(times)[len(times) // 2] if times else 0.0
+    log.info("Average Forward pass: %s ms.", format_float(sum(times) / n))
+    log.info("Median Forward pass: %s ms.", format_float(median))
+    log.info("*** Benchmark ends ***")
+    return {"forward_ms": sum(times) / n, "median_ms": median, "fused": net.fused_layers()}
