@@ -64,3 +64,14 @@ def test_video_and_webcam_that_cannot_be_opened(tmp_path):
     webcam = NET.replace('video_type: VIDEO video_file: "PATH"', "video_type: WEBCAM device_id: 97")
     with pytest.raises(ProtonetError, match=r"layer data \(VideoData\): cannot open webcam 97"):
         Net(parse_prototxt(webcam, caffe_pb2.NetParameter()))
+
+
+def test_webcam_net_with_fixed_shapes_builds_without_a_camera():
+    """A TEST net whose transform fixes the shapes is built without its source (as for the other data
+    layers); the camera is opened by the first forward that reads it."""
+    text = NET.replace('video_type: VIDEO video_file: "PATH"', "video_type: WEBCAM device_id: 97").replace(
+        "scale: 0.5 }", "scale: 0.5 resize_param { resize_mode: WARP height: 16 width: 24 } }")
+    net = Net(parse_prototxt(text, caffe_pb2.NetParameter()), phase=caffe_pb2.TEST)
+    assert net.blob_shapes["data"] == (2, 3, 16, 24)
+    with pytest.raises(ProtonetError, match=r"layer data \(VideoData\): cannot open webcam 97"):
+        net()

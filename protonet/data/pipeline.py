@@ -23,7 +23,7 @@ from protonet.data.image_list import ImageListSource
 from protonet.data.loader import BatchMaker, LmdbSource, Prefetcher
 from protonet.data.records import LmdbReader, Sample, first_good_record
 from protonet.data.transform import AnnotatedPipeline, Transformer, label_rows
-from protonet.data.video import VideoSource
+from protonet.data.video import VideoSource, webcam_device
 from protonet.errors import ProtonetError
 from protonet.sizes import FLOAT_BYTES, blob_count, reserve_bytes
 
@@ -243,9 +243,15 @@ def pipeline_for(layer_param, ctx):
 
 
 def source_path(layer_param, ctx):
-    """The file or directory a data layer reads (LMDB or image list), resolved."""
+    """The file or directory a data layer reads (LMDB, image list, video file or the webcam's
+    device), resolved."""
     if layer_param.type == "ImageData":
         return resolve(ctx, layer_param.image_data_param.source)
+    if layer_param.type == "VideoData":
+        vp = layer_param.video_data_param
+        if vp.video_type == caffe_pb2.VideoDataParameter.WEBCAM:
+            return webcam_device(vp.device_id)
+        return resolve(ctx, vp.video_file)
     return resolve(ctx, layer_param.data_param.source)
 
 

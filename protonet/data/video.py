@@ -5,6 +5,8 @@ VIDEO: frame skip_frames + i * (skip_frames + 1) is record i (the fork skips ski
 before each one it uses); the records are the video's frames, so a pass longer than the video
 starts it again where the fork stops the run (SIGINT). WEBCAM: the next frame of the camera,
 read in the calling process (records come in the order they are asked for)."""
+import os
+
 import cv2
 
 from protonet import caffe_pb2
@@ -12,6 +14,12 @@ from protonet.data.records import CorruptRecord, Sample
 from protonet.errors import ProtonetError
 
 V = caffe_pb2.VideoDataParameter
+
+
+def webcam_device(device_id):
+    """The device file of webcam `device_id` where the system has one (Linux), else its number: a TEST
+    net is built without a camera that is not there when its transform fixes the shapes."""
+    return f"/dev/video{device_id}" if os.path.isdir("/dev") and os.name == "posix" else str(device_id)
 
 
 class VideoSource:

@@ -76,7 +76,9 @@ class DetectionOutputLayer(Layer):
         self.num_priors = box.check_head_shapes(self.where, *heads[:3], self.loc_classes,
                                                 self.num_classes, arm_conf_s, arm_loc_s)
         if p.visualize:
-            raise ProtonetError(f"{self.where}: visualize is not supported (use `protonet detect`)")
+            # the SSD fork shows each image with its boxes in a window; the numbers do not change
+            log.warning("%s: visualize ignored: protonet opens no window (`protonet detect` draws the boxes "
+                        "into image files)", self.where)
         self.normalized, self.clip = p.normalized_bbox, p.clip
         if not self.normalized and (self.clip or p.code_type == caffe_pb2.PriorBoxParameter.CORNER_SIZE):
             raise ProtonetError(f"{self.where}: normalized_bbox: false is supported with code_type CORNER or "
