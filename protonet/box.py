@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from protonet import caffe_pb2
-from protonet.errors import ShapeError
+from protonet.errors import PriorCountError, ShapeError
 
 CORNER = caffe_pb2.PriorBoxParameter.CORNER
 CENTER_SIZE = caffe_pb2.PriorBoxParameter.CENTER_SIZE
@@ -321,10 +321,10 @@ def check_head_shapes(where, loc, conf, prior, loc_classes, num_classes, arm_con
     (values per image; any axes)."""
     P = prior[-1] // 4 if len(prior) == 3 else _per_image(prior) // 8
     if _per_image(loc) != P * loc_classes * 4:
-        raise ShapeError(f"{where}: loc has {_per_image(loc)} values per image, expected "
+        raise PriorCountError(f"{where}: loc has {_per_image(loc)} values per image, expected "
                          f"{P * loc_classes * 4} for {P} priors")
     if _per_image(conf) != P * num_classes:
-        raise ShapeError(f"{where}: conf has {_per_image(conf)} values per image, expected "
+        raise PriorCountError(f"{where}: conf has {_per_image(conf)} values per image, expected "
                          f"{P * num_classes} for {P} priors")
     if loc[0] != conf[0]:
         raise ShapeError(f"{where}: loc and conf have different batch sizes")

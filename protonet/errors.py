@@ -14,3 +14,8 @@ class PrototxtError(ProtonetError):
 
 class ShapeError(ProtonetError):
     """A blob or bottom shape that does not fit; names the layer and blob."""
+
+
+class PriorCountError(ShapeError):
+    """Detection heads that predict another number of boxes than the priors give (a fork with its
+    own prior tiling, e.g. FaceBoxes', read with the SSD fork's)."""

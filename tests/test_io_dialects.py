@@ -169,3 +169,39 @@ def test_every_dialect_mark_names_a_known_dialect():
             marks.update(value_dialect(v) for v in enum.values)
     marks.update(value_dialect(v) for v in caffe_pb2.Type.DESCRIPTOR.values)
     assert marks - {""} == set(DIALECTS)
+
+
+def _f32_field(number, value):
+    """Wire bytes of a 32-bit float field."""
+    return varint((number << 3) | 5) + np.float32(value).tobytes()
+
+
+def test_bvlc_master_clip_and_swish_against_opencvs_numbers():
+    """BVLC master's swish_param (147) and clip_param (148) are messages of floats; OpenCV's
+    detection_output_param / permute_param at the same numbers start with varints."""
+    clip = _field(148, _f32_field(1, -1) + _f32_field(2, 6))
+    swish = _field(147, _f32_field(1, 2.5))
+    opencv_permute = _field(148, _field(1, value=0) + _field(1, value=2) + _field(1, value=3) + _field(1, value=1))
+    opencv_detection = _field(147, _field(1, value=21) + _field(10, value=0))
+    layers = [_field(1, b"c") + _field(2, b"Clip") + clip, _field(1, b"s") + _field(2, b"Swish") + swish,
+              _field(1, b"e") + _field(2, b"Swish") + _field(147, b""), _field(1, b"p") + _field(2, b"Permute") + opencv_permute,
+              _field(1, b"d") + _field(2, b"DetectionOutput") + opencv_detection,
+              _field(1, b"y") + _field(2, b"Clip") + _field(248, _f32_field(1, 0) + _f32_field(2, 1))]
+    param = caffe_pb2.NetParameter.FromString(translate_net_bytes(b"".join(_field(100, l) for l in layers)))
+    c, s, e, p, d, y = param.layer
+    assert (c.clip_param.min, c.clip_param.max) == (-1, 6) and not c.HasField("permute_param")
+    assert s.swish_param.beta == 2.5 and e.HasField("swish_param") and e.swish_param.beta == 1
+    assert list(p.permute_param.order) == [0, 2, 3, 1] and not p.HasField("clip_param")
+    d_param = d.detection_output_param
+    assert d_param.num_classes == 21 and d_param.HasField("normalized_bbox") and not d_param.normalized_bbox
+    assert (y.clip_param.min, y.clip_param.max) == (0, 1)  # Synopsys Caffe's number
+
+
+def test_synopsys_faceboxes_against_opencvs_offset_h():
+    """PriorBoxParameter 14: Synopsys' faceboxes (a varint) or OpenCV's offset_h (floats)."""
+    synopsys = _field(203, _f32_field(1, 32) + _field(14, value=1))
+    opencv = _field(203, _f32_field(1, 32) + _f32_field(14, 0.25))
+    layers = [_field(1, b"a") + _field(2, b"PriorBox") + synopsys, _field(1, b"b") + _field(2, b"PriorBox") + opencv]
+    a, b = caffe_pb2.NetParameter.FromString(translate_net_bytes(b"".join(_field(100, l) for l in layers))).layer
+    assert a.prior_box_param.faceboxes and list(a.prior_box_param.offset_h) == []
+    assert list(b.prior_box_param.offset_h) == [0.25] and not b.prior_box_param.faceboxes

@@ -278,8 +278,8 @@ def test_upsample_explicit_size_and_refusals():
     rows, cols = np.arange(12) * 5 // 12, np.arange(7) * 3 // 7
     np.testing.assert_array_equal(y, x[:, :, rows][:, :, :, cols])
     assert build('name: "u" type: "Upsample" bottom: "x" top: "y"', x.shape).top_shapes == [x.shape]  # scale 1
-    with pytest.raises(ProtonetError, match="SegNet"):
-        build('name: "u" type: "Upsample" bottom: "x" bottom: "m" top: "y"', x.shape, x.shape)
+    with pytest.raises(ShapeError, match="mask"):  # SegNet's form: the mask has the bottom's shape
+        build('name: "u" type: "Upsample" bottom: "x" bottom: "m" top: "y"', x.shape, (1, 2, 5, 4))
 
 
 # ------------------------------------------------------------------------------------- Interp

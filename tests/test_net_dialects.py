@@ -120,9 +120,9 @@ def test_unknown_type_names_type_layer_fork_and_dialects():
 
 
 def test_unknown_field_names_field_message_and_fork():
-    text = 'layer { name: "d" type: "DetectionOutput" detection_output_param { num_classes: 2 no_permute: true } }'
+    text = 'layer { name: "d" type: "DetectionOutput" detection_output_param { num_classes: 2 tflite_detection: true } }'
     with pytest.raises(PrototxtError, match=r'f.prototxt:1:83: Message type "caffe.DetectionOutputParameter" has no '
-                                            r'field named "no_permute" \(a field of Synopsys Caffe, which protonet '
+                                            r'field named "tflite_detection" \(a field of Synopsys Caffe, which protonet '
                                             r'does not run\)$'):
         parse_prototxt(text, caffe_pb2.NetParameter(), "f.prototxt")
     with pytest.raises(PrototxtError, match=r'has no field named "bogus"\.$'):

@@ -23,6 +23,7 @@ from protonet.data.image_list import ImageListSource
 from protonet.data.loader import BatchMaker, LmdbSource, Prefetcher
 from protonet.data.records import LmdbReader, Sample, first_good_record
 from protonet.data.transform import AnnotatedPipeline, Transformer, label_rows
+from protonet.data.video import VideoSource
 from protonet.errors import ProtonetError
 from protonet.sizes import FLOAT_BYTES, blob_count, reserve_bytes
 
@@ -106,6 +107,7 @@ class Pipeline:
     label_shape: tuple | None = None
     prefetch: int = 4
     device_transform: tuple | None = None   # (height, width, mean values, scale): the device finishes
+    sequential: bool = False      # records must be read in order, in this process (a webcam)
 
     @property
     def transformer(self):
@@ -139,7 +141,7 @@ class Pipeline:
                            seed=(seed + salt) % 2**32, rank=ctx.rank, world_size=ctx.world_size,
                            shuffle=self.shuffle, skip=self.skip, name=self.name,
                            same_shape=not self.fits_small_size, strict=ctx.strict_data)
-        return Prefetcher(maker, workers=ctx.data_workers, prefetch=self.prefetch)
+        return Prefetcher(maker, workers=0 if self.sequential else ctx.data_workers, prefetch=self.prefetch)
 
 
 def _open_lmdb(layer_param, ctx):
@@ -218,12 +220,21 @@ def _image_data(lp, ctx):
                     prefetch=lp.data_param.prefetch or 4)
 
 
+def _video_data(lp, ctx):
+    if lp.data_param.batch_size <= 0:
+        raise ProtonetError(f"layer {lp.name} (VideoData): data_param.batch_size must be positive")
+    source = VideoSource(lp.video_data_param, resolve(ctx, lp.video_data_param.video_file), lp.name)
+    return Pipeline(lp.name, source, source.first_good(), sample_processor(lp, ctx), scalar_labels,
+                    lp.data_param.batch_size, prefetch=lp.data_param.prefetch or 4, sequential=source.webcam)
+
+
 # Caffe type -> how its pipeline is composed
-_COMPOSERS = {"AnnotatedData": _annotated_data, "Data": _datum_data, "ImageData": _image_data}
+_COMPOSERS = {"AnnotatedData": _annotated_data, "Data": _datum_data, "ImageData": _image_data,
+              "VideoData": _video_data}
 
 
 def pipeline_for(layer_param, ctx):
-    """The Pipeline of an AnnotatedData, Data or ImageData layer."""
+    """The Pipeline of an AnnotatedData, Data, ImageData or VideoData layer."""
     compose = _COMPOSERS.get(layer_param.type)
     if compose is None:
         raise ProtonetError(f"layer {layer_param.name}: no data pipeline for type {layer_param.type} "

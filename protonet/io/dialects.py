@@ -14,10 +14,11 @@ from protonet.io.foreign import foreign_type
 from protonet.io.prototxt import read_varint
 
 # The dialects, in the order of precedence of proto/README.md (the schema names them in its options)
-DIALECTS = ("NVCaffe", "Intel Caffe", "OpenCV", "TF converters", "layer ports")
+DIALECTS = ("NVCaffe", "Intel Caffe", "OpenCV", "TF converters", "layer ports", "BVLC master")
 # For refusals: what protonet reads and runs.
-KNOWN = ("BVLC, SSD and RefineDet Caffe, NVCaffe, Intel Caffe, OpenCV's importer, TF converters (Synopsys "
-         "Caffe) and the layer ports (MobileNet, ShuffleNet, SENet, YOLO/SSD forks, PSPNet)")
+KNOWN = ("BVLC, SSD and RefineDet Caffe, BVLC's master, NVCaffe, Intel Caffe, OpenCV's importer, TF converters "
+         "(Synopsys Caffe) and the layer ports (MobileNet, ShuffleNet, SENet, YOLO/SSD forks, PSPNet, SegNet, "
+         "FaceBoxes)")
 
 _LAYER = "caffe.LayerParameter"
 _OPENCV = "opencv"
@@ -84,15 +85,30 @@ def _all_varints(payload):
         return False
 
 
+def _floats_numbered(numbers, empty):
+    """A test: the payload is a message of 32-bit fields numbered in `numbers` (BVLC's SwishParameter,
+    ClipParameter), not one of OpenCV's SSD parameters at the same number (their first fields are
+    varints); `empty`: whether an empty payload passes."""
+    def test(payload):
+        try:
+            fields = [(n, wire) for n, wire, _, _ in _fields(payload, 0, len(payload))]
+        except ValueError:
+            return False
+        return (empty or bool(fields)) and all(wire == 5 and n in numbers for n, wire in fields)
+    return test
+
+
 # (message full name, context) -> {(number, wire type): [(test of the payload or None, our field
 # name, context inside)]}; the first rule whose test passes renames the field.
 _RULES = {
     (_LAYER, None): {
         (145, 0): [(None, "forward_type", None)],  # NVCaffe (the base's 145 is a message)
         (146, 0): [(None, "backward_type", None)],
-        # OpenCV's numbering of SSD's parameters
-        (147, 2): [(None, "detection_output_param", _OPENCV)],
-        (148, 2): [(None, "permute_param", None)],
+        # BVLC master's swish_param/clip_param, else OpenCV's numbering of SSD's parameters. Empty:
+        # swish_param with its default beta (OpenCV's detection_output_param is never empty), an
+        # identity permute_param (BVLC's clip_param never is: min and max are required)
+        (147, 2): [(_floats_numbered({1}, True), "swish_param", None), (None, "detection_output_param", _OPENCV)],
+        (148, 2): [(_floats_numbered({1, 2}, False), "clip_param", None), (None, "permute_param", None)],
         (149, 2): [(_printable_name, "engine", None), (None, "norm_param", None)],  # Intel / OpenCV
         (150, 2): [(_all_varints, "upsample_param", None), (None, "prior_box_param", None)],
         # Synopsys Caffe and eric612's numbers for the layer ports' parameters
@@ -100,6 +116,12 @@ _RULES = {
         (166, 2): [(None, "shuffle_channel_param", None)],
         (177, 2): [(None, "upsample_param", None)],
         (211, 2): [(None, "relu6_param", None)],
+        (248, 2): [(None, "clip_param", None)],  # Synopsys Caffe's clip_param
+        (20001, 2): [(None, "interp_param", None)],  # FSSD's (lzx1413/CAFFE_SSD)
+    },
+    # Synopsys' faceboxes (a bool) at OpenCV's offset_h (floats)
+    ("caffe.PriorBoxParameter", None): {
+        (14, 0): [(None, "faceboxes", None)],
     },
     ("caffe.DetectionOutputParameter", _OPENCV): {
         (10, 0): [(None, "normalized_bbox", None)],
@@ -108,6 +130,7 @@ _RULES = {
 # Messages to walk into for nested rules: (message, context) -> {number: context inside}
 _DESCEND = {
     ("caffe.NetParameter", None): {100: None},
+    (_LAYER, None): {203: None},
 }
 
 

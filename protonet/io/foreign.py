@@ -18,7 +18,7 @@ _FIELDS = {
         'LayerParameter': (
             'box_annotator_ohem_param eval_detection_param mn_activation_param mn_grad_compress_param '
             'multinode psroi_pooling_param region_loss_param reorg_param roi_pooling_param '
-            'smooth_l1_loss_param spatial_dropout_param split_param swish_param'
+            'smooth_l1_loss_param spatial_dropout_param split_param'
         ),
         'NetParameter': 'bn_stats_batch_size compile_net_state multinode',
         'PoolingParameter': 'avg_include_pad axis kernel_size_3d pad_3d stride_3d',
@@ -29,13 +29,12 @@ _FIELDS = {
         'BatchNormParameter': 'add_eps_before_sqrt icnet update_global_stats',
         'ConcatParameter': 'input_scale input_zero_point output_scale output_zero_point quantize_method saturate',
         'ConvolutionParameter': (
-            'dis_mode gen_mode input_scale input_zero_point output_scale output_zero_point pad_type '
+            'dis_mode gen_mode input_scale input_zero_point output_scale output_zero_point '
             'per_channel_scale_output per_channel_scale_weight quantize_method saturate shape_offset '
             'submanifold_sparse weight_fixed weight_scale weight_zero_point'
         ),
         'DetectionOutputParameter': (
-            'arm_conf_no_concat arm_loc_no_concat max_classes_per_detection nbottom no_permute ratio0 '
-            'ratio1 ratio2 ratio3 ratio4 ratio5 ratio_permute scale_xywh tflite_detection '
+            'arm_conf_no_concat arm_loc_no_concat max_classes_per_detection scale_xywh tflite_detection '
             'tflite_use_regular_nms'
         ),
         'EltwiseParameter': 'axis input_scale input_zero_point output_scale output_zero_point quantize_method saturate',
@@ -47,7 +46,7 @@ _FIELDS = {
         'LayerParameter': (
             'accum_param adaptive_bias_channel_param attention_param augmentation_param '
             'batch_to_space_nd_param bias_channel_param black_augmentation_param bn_param '
-            'broadcast_to_param clip_param coeff_schedule_param corr1d_param correlation_param '
+            'broadcast_to_param coeff_schedule_param corr1d_param correlation_param '
             'count_nonzero_param crop_and_resize_param dense_crf_param dense_image_data_param '
             'depth_to_space_param domain_transform_param downsample_param embedding_lookup_param '
             'embedding_lookup_sparse_param expand_dims_nd_param flow_warp_param gan_loss_param '
@@ -59,7 +58,7 @@ _FIELDS = {
             'point_net_param pooling3d_param proposal_param pyramid_roi_align_param range_param '
             'reader_param reduce_all_param reduce_any_param reduce_l1_param reduce_l2_param '
             'reduce_logsumexp_param reduce_max_param reduce_mean_param reduce_min_param '
-            'reduce_prod_param reduce_sum_param resample_param reshape_every_iter resize_bilinear_param '
+            'reduce_prod_param reduce_sum_param resample_param reshape_every_iter '
             'resize_nearest_neighbor_param reverse_param reverse_sequence_param rnn_v2_param '
             'roi_align_param scaled_tanh_param scatter_nd_param seg_accuracy_param selu_dropout_param '
             'selu_param space_to_batch_nd_param space_to_depth_param sparse_to_dense_param '
@@ -72,9 +71,8 @@ _FIELDS = {
         'NormalizeParameter': 'add_eps_before_sqrt',
         'PoolingParameter': (
             'ceil_mode input_scale input_zero_point output_scale output_shift_instead_division '
-            'output_zero_point pad_type quantize_method round_mode saturate'
+            'output_zero_point quantize_method round_mode saturate'
         ),
-        'PriorBoxParameter': 'faceboxes',
         'ReLUParameter': 'input_scale input_zero_point maximum minimum output_scale output_zero_point saturate',
         'ScaleParameter': 'dis_mode gen_mode',
         'SoftmaxParameter': 'input_scale input_zero_point output_scale output_zero_point saturate',
@@ -85,14 +83,7 @@ _FIELDS = {
             'yolov3_detection_output_param yolov3_param'
         ),
     },
-    'the YOLO/SSD forks (eric612)': {
-        'LayerParameter': (
-            'segmentation_evaluate_param yolo_detection_output_param yolo_seg_param '
-            'yolov3_detection_output_param yolov3_param'
-        ),
-    },
     'chuanqi305/ssd': {
-        'ConvolutionParameter': 'tf_pad',
         'PriorBoxParameter': 'reduce_boxes',
     },
     'FSSD (lzx1413/CAFFE_SSD)': {
@@ -102,14 +93,14 @@ _FIELDS = {
 
 # dialect -> space-separated layer types
 _TYPES = {
-    "BVLC Caffe": ("BatchReindex Clip ContrastiveLoss Embed Filter Im2col InfogainLoss LSTM LSTMUnit MemoryData RNN "
-                   "Swish WindowData"),
+    "BVLC Caffe": ("BatchReindex ContrastiveLoss Embed Filter Im2col InfogainLoss LSTM LSTMUnit MemoryData RNN "
+                   "WindowData"),
     "the SSD fork": "SmoothL1Loss",
     "NVCaffe": "TRT L1Loss DetectNetTransformation",
     "Intel Caffe": ("BoxAnnotatorOHEM BoxData EvalDetection MKLBatchNorm MnActivation PSROIPooling ROIPooling "
                     "SmoothL1LossOHEM SoftmaxWithLossOHEM SpatialDropout"),
     "Synopsys Caffe": ("Add BroadcastTo Ceil CropAndResize DepthToSpace Div Floor Gather HardSigmoid HardSwish LogSoftmax "
-                       "MatMul Mean Mish Mul Pad Pow ResizeBilinear ResizeNearestNeighbor SSDDecoder SSDSort Shape "
+                       "MatMul Mean Mul Pad Pow ResizeNearestNeighbor SSDDecoder SSDSort Shape "
                        "SpaceToDepth Squeeze StridedSlice Sub"),
     "the YOLO/SSD forks (eric612)": ("AssistedExcitation GaussianYolov3 LaneData Reorg RegionLoss SegmentationEvaluate "
                                      "YoloDetectionOutput YoloSeg Yolov3 Yolov3DetectionOutput"),

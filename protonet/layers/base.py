@@ -61,6 +61,11 @@ class NetContext:
     # output directory cannot be made), fail (protonet test) instead of warning once and running
     # without writing result files (the default, for zoo deploys naming their author's files)
     result_files_required: bool = False
+    # Every PriorBox follows sfzhang15/FaceBoxes' fork (set by Net when the SSD fork's priors do not
+    # fit the net's heads and FaceBoxes' do)
+    faceboxes_priors: bool = False
+    # ...and TextBoxes' (MhLiao/TextBoxes: every prior doubled half a step lower)
+    textboxes_priors: bool = False
 
 
 class Layer(nn.Module):

@@ -1,5 +1,5 @@
-"""Data layers: AnnotatedData (SSD's LMDB of AnnotatedDatum), Data (LMDB of Datum) and
-ImageData (a list file of images and labels).
+"""Data layers: AnnotatedData (SSD's LMDB of AnnotatedDatum), Data (LMDB of Datum), ImageData (a
+list file of images and labels) and VideoData (the SSD fork's frames of a video or webcam).
 
 They take no bottoms; forward() returns the next prefetched batch, (data, label) or data
 alone when the layer has one top. What feeds them is composed by protonet.data.pipeline_for:
@@ -100,3 +100,9 @@ class DataLayer(_PipelineLayer):
 @register("ImageData")
 class ImageDataLayer(_PipelineLayer):
     """Caffe's ImageData: images named in a list file, with integer labels."""
+
+
+@register("VideoData")
+class VideoDataLayer(_PipelineLayer):
+    """The SSD fork's VideoData: frames of a video file or webcam (video_data_param), batch_size of
+    data_param, transformed by transform_param; label top all 0 (protonet.data.video)."""

@@ -1,6 +1,7 @@
 """DetectionOutput (SSD fork, RefineDet's 5-bottom variant): decode, per-class NMS, keep_top_k,
 and the fork's result files (save_output_param, written by protonet.eval.writers)."""
 import logging
+import math
 import os
 
 import numpy as np
@@ -13,6 +14,7 @@ from protonet.eval import writers
 from protonet.io.labelmap import label_names
 from protonet.io.name_size import read_name_size
 from protonet.layers.base import Layer, register
+from protonet.layers.detection_heads import separate_heads
 
 FLT_MAX = float(np.finfo(np.float32).max)
 log = logging.getLogger("protonet.layers")
@@ -31,15 +33,20 @@ class DetectionOutputLayer(Layer):
     from the ARM-refined priors and priors with ARM objectness < objectness_score count as
     background ([1, 0, 0, ...] scores). OpenCV's fields: `clip` clamps the decoded boxes to
     [0, 1] before NMS; `normalized_bbox: false` takes pixel priors (CENTER_SIZE prior sizes and
-    NMS overlaps count both end pixels)."""
+    NMS overlaps count both end pixels). Synopsys Caffe's heads given one per feature map
+    (`nbottom`, `no_permute`) are gathered first (detection_heads.py)."""
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
-        self.check_bottoms(3, 5)
         p = param.detection_output_param
         self.where = f"layer {self.name} (DetectionOutput)"
         if not p.HasField("num_classes"):
             raise ProtonetError(f"{self.where}: must specify num_classes")
+        # Synopsys Caffe's heads one per feature map (nbottom of each), else the SSD fork's 3 to 5
+        self.heads = separate_heads(self.where, p, self.bottom_shapes, 1 if p.share_location else p.num_classes,
+                                    p.num_classes)
+        if self.heads is None:
+            self.check_bottoms(3, 5)
         self.p = p
         self.num_classes = int(p.num_classes)
         self.share_location = p.share_location
@@ -47,16 +54,25 @@ class DetectionOutputLayer(Layer):
         self.background = int(p.background_label_id)
         self.keep_top_k = int(p.keep_top_k)
         self.confidence_threshold = float(p.confidence_threshold) if p.HasField("confidence_threshold") else -FLT_MAX
-        self.nms_threshold = float(p.nms_param.nms_threshold)
+        nms = self._nms_param(p)
+        self.nms_threshold = float(nms.nms_threshold)
         if self.nms_threshold < 0:
             raise ProtonetError(f"{self.where}: nms_threshold must be non negative")
-        self.eta = float(p.nms_param.eta)
+        self.eta = float(nms.eta)
         if not (0 < self.eta <= 1):
             raise ProtonetError(f"{self.where}: eta must be in (0, 1]")
-        self.top_k = int(p.nms_param.top_k) if p.nms_param.HasField("top_k") else -1
+        self.top_k = int(nms.top_k) if nms.HasField("top_k") else -1
         self.objectness_score = float(p.objectness_score)
-        arm_conf_s, arm_loc_s = (self.bottom_shapes[3:] + [None, None])[:2]
-        self.num_priors = box.check_head_shapes(self.where, *self.bottom_shapes[:3], self.loc_classes,
+        heads = self.heads.shapes if self.heads else self.bottom_shapes
+        # OpenCV's fourth bottom: the input image (its size only serves pixel boxes), not RefineDet's
+        # arm_conf (N x P*2)
+        self.image_bottom = len(heads) == 4 and len(heads[3]) == 4 and \
+            math.prod(heads[3][1:]) != 2 * box.check_head_shapes(self.where, *heads[:3], self.loc_classes,
+                                                                 self.num_classes)
+        if self.image_bottom:
+            heads = heads[:3]
+        arm_conf_s, arm_loc_s = (heads[3:] + [None, None])[:2]
+        self.num_priors = box.check_head_shapes(self.where, *heads[:3], self.loc_classes,
                                                 self.num_classes, arm_conf_s, arm_loc_s)
         if p.visualize:
             raise ProtonetError(f"{self.where}: visualize is not supported (use `protonet detect`)")
@@ -67,6 +83,17 @@ class DetectionOutputLayer(Layer):
         self.settings = DetectionSettings.from_param(p)
         self._setup_saving(p.save_output_param)
         self.top_shapes = [(1, 1, 1, 7)]
+
+    def _nms_param(self, p):
+        """nms_param, or OpenCV's early flat nms_threshold/top_k (its samples of 2016-17)."""
+        if not (p.HasField("nms_threshold") or p.HasField("top_k")):
+            return p.nms_param
+        if p.HasField("nms_param"):
+            raise ProtonetError(f"{self.where}: give nms_param or OpenCV's nms_threshold/top_k, not both")
+        nms = caffe_pb2.NonMaximumSuppressionParameter(nms_threshold=p.nms_threshold)
+        if p.HasField("top_k"):
+            nms.top_k = p.top_k
+        return nms
 
     # -- result files ---------------------------------------------------------------------
     def _setup_saving(self, sp):
@@ -153,7 +180,12 @@ class DetectionOutputLayer(Layer):
                               self.label_to_name, self.num_classes, self.background, self.where)
 
     # -- forward ----------------------------------------------------------------------------
-    def forward(self, loc, conf, prior, arm_conf=None, arm_loc=None):
+    def forward(self, *bottoms):
+        if self.heads is not None:
+            bottoms = self.heads.gather(bottoms)
+        elif self.image_bottom:
+            bottoms = bottoms[:3]
+        loc, conf, prior, arm_conf, arm_loc = (list(bottoms) + [None, None])[:5]
         with torch.no_grad():
             out = self.detect(loc, conf, prior, arm_conf, arm_loc)
         if self.need_save:

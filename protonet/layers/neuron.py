@@ -225,3 +225,47 @@ class DropoutLayer(_Neuron):
             return x
         mask = torch.empty_like(x).bernoulli_(1.0 - self.ratio)
         return x * mask * (1.0 / (1.0 - self.ratio))
+
+
+@register("Clip")
+class ClipLayer(_Neuron):
+    """BVLC Caffe's Clip (master, clip_layer.cpp): max(min, min(x, max)); the gradient passes where
+    min <= x <= max (ends included), as there. min and max are required."""
+
+    dialect = "BVLC master"
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        p = param.clip_param
+        if not (p.HasField("min") and p.HasField("max")):
+            raise ProtonetError(f"layer {self.name} (Clip): clip_param needs min and max")
+        self.min, self.max = float(p.min), float(p.max)
+
+    def forward(self, x):
+        return torch.clamp(x, self.min, self.max)
+
+
+@register("Swish")
+class SwishLayer(_Neuron):
+    """BVLC Caffe's Swish (master, swish_layer.cpp): x * sigmoid(beta * x), beta from swish_param
+    (default 1); its gradient is the derivative, beta * y + sigmoid(beta * x) * (1 - beta * y)."""
+
+    dialect = "BVLC master"
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        self.beta = float(param.swish_param.beta)
+
+    def forward(self, x):
+        return x * torch.sigmoid(x * self.beta if self.beta != 1 else x)
+
+
+@register("Mish")
+class MishLayer(_Neuron):
+    """Mish of the YOLOv4 ports (ChenYingpeng/darknet2caffe mish_layer.cpp, also Synopsys Caffe):
+    x * tanh(softplus(x)); its gradient is the derivative."""
+
+    dialect = "layer ports"
+
+    def forward(self, x):
+        return x * torch.tanh(F.softplus(x))

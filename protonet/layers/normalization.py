@@ -222,7 +222,9 @@ class NormalizeLayer(Layer):
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         self.check_bottoms(1)
-        p = param.norm_param
+        # OpenCV's earlier normalize_bbox_param is the same message as the SSD fork's norm_param
+        use_opencv = param.HasField("normalize_bbox_param") and not param.HasField("norm_param")
+        p = param.normalize_bbox_param if use_opencv else param.norm_param
         shape = self.bottom_shapes[0]
         if len(shape) < 2:
             raise ShapeError(f"layer {self.name} (Normalize): bottom needs at least 2 axes, got {shape}")

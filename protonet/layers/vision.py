@@ -50,6 +50,44 @@ def tf_pads(layer, p, n_spatial=2):
     return tuple(int(v) for v in pads)
 
 
+def _cdiv(a, b):
+    """C++'s integer division (truncates toward zero)."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
+def synopsys_same_pads(size, kernel, stride, extent):
+    """Synopsys Caffe's pad_type 1 (TensorFlow SAME) on one axis: output ceil(size / stride), the
+    padding before half of TensorFlow's total (from the undilated kernel, rounded down), the
+    padding after what the last window needs (rows past the image read zero)."""
+    out = math.ceil(size / stride)
+    total = max(kernel - (stride if size % stride == 0 else size % stride), 0)
+    before = total // 2
+    return before, (out - 1) * stride + extent - size - before
+
+
+def chuanqi305_tf_pads(layer, size, kernel, stride, extent, pad, same):
+    """chuanqi305/ssd's tf_pad on one axis (base_conv_layer.cpp Reshape, im2col_cpu_tf): the output
+    size follows `pad` as in Caffe; SAME then recomputes the total padding (out - 1) * stride +
+    kernel - size, top = int(total / 2.0), bottom = total - top, and reads from -bottom (from 0
+    when top is 0); VALID reads from 0. Returns (before, after) for that output."""
+    out = (size + 2 * pad - extent) // stride + 1
+    if not same:
+        if pad:
+            raise ProtonetError(f"layer {layer.name} ({layer.param.type}): tf_pad VALID with pad {pad}: the "
+                                f"fork's output size and its unpadded im2col disagree")
+        return 0, (out - 1) * stride + extent - size
+    total = (out - 1) * stride + kernel - size
+    top = int(total / 2.0)
+    bottom = total - top
+    if _cdiv(size + 2 * bottom - extent, stride) + 1 != out:
+        raise ProtonetError(f"layer {layer.name} ({layer.param.type}): tf_pad SAME: the fork's im2col lays out "
+                            f"a different output size than pad {pad} gives (size {size}, kernel {kernel}, stride "
+                            f"{stride})")
+    before = 0 if top == 0 else bottom
+    return before, (out - 1) * stride + extent - size - before
+
+
 class _ConvBase(Layer):
     transposed = False
 
@@ -75,6 +113,8 @@ class _ConvBase(Layer):
         self.pad = _spatial(self, p.pad, p.pad_h, p.pad_w, has_pad_hw, n, 0, "pad")
         self.dilation = _spatial(self, p.dilation, 0, 0, False, n, 1, "dilation")
         self.asym_pad = tf_pads(self, p, n)
+        if p.pad_type or p.HasField("tf_pad"):
+            self.asym_pad = self._tf_padding(p, shape, has_pad_hw)
         if self.asym_pad is not None:
             if self.transposed:
                 raise ProtonetError(f"layer {self.name} (Deconvolution): pad_l/pad_r/pad_t/pad_b are not "
@@ -108,6 +148,29 @@ class _ConvBase(Layer):
                                f"layer {self.name} bias"))
         out = [self._out_size(i, shape) for i in range(n)]
         self.top_shapes = [(b[0], self.num_output, *out) for b in self.bottom_shapes]
+
+    def _tf_padding(self, p, shape, has_pad_hw):
+        """(top, bottom, left, right) for Synopsys' pad_type 1 or chuanqi305's tf_pad; an `after`
+        below zero crops rows no window reaches."""
+        where = f"layer {self.name} ({self.param.type})"
+        if len(shape) != 4 or self.transposed:
+            raise ProtonetError(f"{where}: pad_type and tf_pad are for 2-D convolution only")
+        if self.asym_pad is not None or (p.pad_type and p.HasField("tf_pad")):
+            raise ProtonetError(f"{where}: give one of pad_type, tf_pad and pad_l/pad_r/pad_t/pad_b")
+        extents = [d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel)]
+        pads = []
+        for i in range(2):
+            size, k, s = shape[2 + i], self.kernel[i], self.stride[i]
+            if p.pad_type:
+                if p.pad_type != 1:
+                    raise ProtonetError(f"{where}: unknown pad_type {p.pad_type} (0: Caffe's pad, 1: SAME)")
+                if len(p.pad) or has_pad_hw:
+                    raise ProtonetError(f"{where}: give either pad or pad_type, not both")
+                pads += synopsys_same_pads(size, k, s, extents[i])
+            else:
+                same = p.tf_pad == caffe_pb2.ConvolutionParameter.SAME
+                pads += chuanqi305_tf_pads(self, size, k, s, extents[i], self.pad[i], same)
+        return tuple(pads)
 
     def _out_size(self, i, shape):
         ext = self.dilation[i] * (self.kernel[i] - 1) + 1
@@ -199,10 +262,31 @@ def _torch_pooled_size(size, kernel, stride, pad):
     return out
 
 
-def caffe_pool2d(x, method, kernel, stride, pad, out_hw, pad_end=None):
+def _max_pool_with_mask(x, kernel, stride, pad, out_hw, fast):
+    """MAX pooling and Caffe's mask top: the flat index h * W + w of each window's first maximum in
+    its plane (-1 where no value beats -FLT_MAX, Caffe's starting value), as a float tensor."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    H, W = x.shape[-2:]
+    oh, ow = out_hw
+    if fast:
+        out, index = F.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw), ceil_mode=True, return_indices=True)
+        return out, index.to(x.dtype).detach()
+    right_h = max(0, (oh - 1) * sh + kh - H - ph)
+    right_w = max(0, (ow - 1) * sw + kw - W - pw)
+    xp = F.pad(x, (pw, right_w, ph, right_h), value=_NEG_FLT_MAX)
+    out, index = F.max_pool2d(xp, (kh, kw), (sh, sw), return_indices=True)
+    out, index = out[..., :oh, :ow], index[..., :oh, :ow]
+    wp = W + pw + right_w
+    row, col = index // wp - ph, index % wp - pw
+    inside = (row >= 0) & (row < H) & (col >= 0) & (col < W) & (out > _NEG_FLT_MAX)
+    mask = torch.where(inside, row * W + col, torch.full_like(index, -1))
+    return out, mask.to(x.dtype).detach()
+
+
+def caffe_pool2d(x, method, kernel, stride, pad, out_hw, pad_end=None, with_mask=False):
     """MAX or AVE pooling of an N,C,H,W tensor with Caffe's window rules and output size `out_hw`.
     `pad` is the padding before (top, left), `pad_end` after (bottom, right; default `pad`): an AVE
-    window's area is clipped to the image plus these pads."""
+    window's area is clipped to the image plus these pads. `with_mask` (MAX): also the mask top."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
     (pbh, pbw) = pad if pad_end is None else pad_end
     H, W = x.shape[-2:]
@@ -210,6 +294,8 @@ def caffe_pool2d(x, method, kernel, stride, pad, out_hw, pad_end=None):
     fast = ((pbh, pbw) == (ph, pw) and 2 * ph <= kh and 2 * pw <= kw and _torch_pooled_size(H, kh, sh, ph) == oh
             and _torch_pooled_size(W, kw, sw, pw) == ow)
     P = caffe_pb2.PoolingParameter
+    if method == P.MAX and with_mask:
+        return _max_pool_with_mask(x, kernel, stride, pad, out_hw, fast)
     if method == P.MAX:
         if fast:
             return F.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw), ceil_mode=True)
@@ -274,6 +360,10 @@ class PoolingLayer(Layer):
             stride = (p.stride_h, p.stride_w)
         else:
             stride = (p.stride, p.stride)
+        self.tf_same = self._tf_same(p)
+        if self.tf_same and min(stride) > 0:
+            self.asym_pad = self._same_pads(kernel, stride, H, W)
+            pad = (self.asym_pad[0], self.asym_pad[2])
         if min(kernel) <= 0 or min(stride) <= 0:
             raise ProtonetError(f"layer {self.name} (Pooling): kernel and stride must be positive")
         if p.global_pooling and (pad != (0, 0) or stride != (1, 1)):
@@ -288,8 +378,32 @@ class PoolingLayer(Layer):
         self.ceil = p.round_mode == P.CEIL if p.HasField("round_mode") else p.ceil_mode
         self.global_pooling = p.global_pooling
         self.top_shapes = [(shape[0], shape[1], *self._out_hw(H, W))]
-        if len(param.top) == 2:
-            raise ProtonetError(f"layer {self.name} (Pooling): the mask top is not supported")
+        # Caffe's second top of MAX pooling: the mask of argmax indices (SegNet's Upsample reads it)
+        self.with_mask = len(param.top) == 2
+        if self.with_mask:
+            if self.method != P.MAX:
+                raise ProtonetError(f"layer {self.name} (Pooling): only MAX pooling has a second (mask) top")
+            self.top_shapes.append(self.top_shapes[0])
+
+    def _tf_same(self, p):
+        """Synopsys Caffe's pad_type: 1 is TensorFlow's SAME (0 Caffe's pad)."""
+        if p.pad_type not in (0, 1):
+            raise ProtonetError(f"layer {self.name} (Pooling): unknown pad_type {p.pad_type} (0: Caffe's pad, 1: SAME)")
+        if p.pad_type == 1 and (p.HasField("pad") or p.HasField("pad_h") or p.HasField("pad_w")
+                                or self.asym_pad is not None or p.global_pooling):
+            raise ProtonetError(f"layer {self.name} (Pooling): pad_type takes no pad, pad_h/pad_w, pad_l/pad_r/pad_t/"
+                                f"pad_b or global_pooling")
+        return p.pad_type == 1
+
+    @staticmethod
+    def _same_pads(kernel, stride, H, W):
+        """Synopsys' SAME pooling pads (top, bottom, left, right): TensorFlow's total, the odd pixel
+        after (an AVE window's area counts them, as there)."""
+        pads = []
+        for size, k, s in ((H, kernel[0], stride[0]), (W, kernel[1], stride[1])):
+            total = max(k - (s if size % s == 0 else size % s), 0)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)
 
     def _pad_end(self):
         return self.pad if self.asym_pad is None else (self.asym_pad[1], self.asym_pad[3])
@@ -297,6 +411,8 @@ class PoolingLayer(Layer):
     def _out_hw(self, H, W):
         """Caffe's pooled size; with TF converters' pads (Synopsys Caffe) the pad sum replaces 2 pad
         and the last window must start before the image's end plus the top/left pad."""
+        if self.tf_same:  # Synopsys: ceil(size / stride), no window dropped
+            return -(-H // self.stride[0]), -(-W // self.stride[1])
         (ph, pw), (pbh, pbw) = self.pad, self._pad_end()
         any_pad = bool(ph or pw or pbh or pbw)
         return (pooled_size(H, self.kernel[0], self.stride[0], ph, any_pad, pbh, self.ceil),
@@ -304,11 +420,13 @@ class PoolingLayer(Layer):
 
     def forward(self, x):
         H, W = x.shape[-2:]
-        if self.global_pooling:
+        if self.global_pooling and not self.with_mask:
             if self.method == caffe_pb2.PoolingParameter.MAX:
                 return F.adaptive_max_pool2d(x, 1)
             return x.mean(dim=(2, 3), keepdim=True)
-        return caffe_pool2d(x, self.method, self.kernel, self.stride, self.pad, self._out_hw(H, W), self._pad_end())
+        kernel = (H, W) if self.global_pooling else self.kernel
+        return caffe_pool2d(x, self.method, kernel, self.stride, self.pad, self._out_hw(H, W), self._pad_end(),
+                            self.with_mask)
 
 
 @register("SPP")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from protonet import caffe_pb2, sizes
-from protonet.errors import ProtonetError, ShapeError
+from protonet.errors import PriorCountError, ProtonetError, ShapeError
 from protonet.io.blobs import array_to_blob, blob_to_array
 from protonet.io.caffemodel import read_caffemodel_arrays, write_caffemodel
 from protonet.io.dialects import ignored_fields
@@ -24,6 +24,7 @@ from protonet.io.prototxt import count_layer_blocks, read_prototxt
 from protonet.io.upgrade import upgrade_net
 from protonet.layers.base import NetContext, layer_class
 from protonet.net.field_limits import check_layer_fields
+from protonet.layers.priorbox import PRIOR_READINGS
 from protonet.net.filtering import filter_net, parse_phase
 from protonet.net.inference import InferenceOptions, InferencePlan, check_precision
 
@@ -104,17 +105,16 @@ class Net(nn.Module):
         self.force_backward = bool(self.net_param.force_backward)
 
         self.register_buffer("_device_probe", torch.zeros(()), persistent=False)
-        self.layers = OrderedDict()
-        self.blob_shapes = OrderedDict()
-        self.input_names = []
-        self.loss_weights = OrderedDict()
-        self._steps = []
-        self._owners = []          # (layer name, blob index, lr_mult, decay_mult) per owned blob, Caffe order
-        self._indices = {}         # layer name -> index of the first layer of that name
-        self._modules_list = nn.ModuleList()
         self._plans = {}
         with sizes.active_budget(budget):
-            self._build()
+            try:
+                self._build()
+                ssd_error = None
+            except PriorCountError as exc:
+                ssd_error = exc
+        if ssd_error is not None:  # another fork's prior tiling: rebuilt against a fresh budget
+            with sizes.active_budget(sizes.MemoryBudget(self.ctx.max_memory)):
+                self._build_with_other_priors(ssd_error)
         self._inference = InferenceOptions()
         self._inference_plans = {}   # outputs wanted (None: all) -> InferencePlan
         # state_dict keys name the prototxt's layers: 'conv1_1.0' is blob 0 of layer conv1_1.
@@ -148,6 +148,14 @@ class Net(nn.Module):
     def _build(self):
         """Build the layers in order; every blob's size is checked (and its bytes reserved against the
         active memory budget) before it is allocated: see protonet.sizes."""
+        self.layers = OrderedDict()
+        self.blob_shapes = OrderedDict()
+        self.input_names = []
+        self.loss_weights = OrderedDict()
+        self._steps = []
+        self._owners = []          # (layer name, blob index, lr_mult, decay_mult) per owned blob, Caffe order
+        self._indices = {}         # layer name -> index of the first layer of that name
+        self._modules_list = nn.ModuleList()
         shapes = self.blob_shapes
         available = OrderedDict()      # blobs not yet consumed: the net's outputs at the end
         shared = {}                     # param name -> (layer name, blob index, ParamSpec of owner)
@@ -211,6 +219,28 @@ class Net(nn.Module):
             self._steps.append(_Step(name, layer, bottoms, tops, detach, is_input))
             self._steps[-1].overwrite = self._overwrites(self._steps[-1])
         self.output_names = sorted(available)
+
+    def _build_with_other_priors(self, ssd_error):
+        """Forks with their own prior tiling (FaceBoxes', TextBoxes'; PRIOR_READINGS): a net marked as
+        one's whose heads do not fit the SSD fork's priors is read with that fork's priors, the
+        first that fits; `ssd_error` is raised (with what each reading gave) otherwise."""
+        tried = []
+        for name, fork, switch, marked in PRIOR_READINGS:
+            layers = marked(self.net_param)
+            if not layers or getattr(self.ctx, switch):
+                continue
+            base = self.ctx
+            self.ctx = dataclasses.replace(base, **{switch: True})
+            try:
+                self._build()
+            except PriorCountError as err:
+                self.ctx = base
+                tried.append(f"with {name} priors ({fork}): {err}")
+                continue
+            log.info("the heads fit %s priors (%s), not the SSD fork's: every PriorBox is read as that fork's "
+                     "(%s)", name, fork, ", ".join(layers))
+            return
+        raise PriorCountError("; ".join([str(ssd_error)] + tried)) from None
 
     def _layer_key(self, name, index):
         """The key of layer `index` in .layers: its name, or for a second layer of the same name

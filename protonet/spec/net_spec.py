@@ -47,6 +47,7 @@ def _layer_type_params():
     for type_name in ("Deconvolution", "DepthwiseConvolution", "ConvolutionDepthwise"):
         table[type_name] = table["Convolution"]
     table["ReLU6"] = "relu6_param"
+    table["Normalize"] = "norm_param"  # the SSD fork's, not OpenCV's earlier normalize_bbox_param
     return table
 
 
