@@ -321,6 +321,10 @@ def test_opencv_normalize_bbox_param_is_norm_param(tmp_path):
         ours = layer(torch.from_numpy(x)).numpy()
     theirs = opencv(tmp_path, text.format("norm_param"), {"x": x}, [layer.blobs[0].detach().numpy()])
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
+    # ...and its type NormalizeBBox is Normalize
+    bbox = build(text.format("normalize_bbox_param").replace('"Normalize"', '"NormalizeBBox"'), x.shape)
+    with torch.no_grad():
+        np.testing.assert_array_equal(bbox(torch.from_numpy(x)).numpy(), ours)
 
 
 def test_opencv_image_bottom_of_detection_output(tmp_path):

@@ -338,3 +338,42 @@ def test_mish_matches_opencv_and_its_derivative(tmp_path):
     sp = np.log1p(np.exp(xd))
     t = np.tanh(sp)
     close(dx, (dy * (t + xd * (1 - t * t) / (1 + np.exp(-xd)))).astype(F32))
+
+
+@pytest.mark.parametrize("pad", ["pad_type: 1", "pad: 1 tf_pad: SAME", "pad_l: 1 pad_b: 2"])
+def test_asymmetric_pads_in_inference_mode(pad):
+    """The inference plan fuses Caffe's convolutions; one with asymmetric pads runs as it is."""
+    from protonet import caffe_pb2
+    from protonet.io.prototxt import parse_prototxt
+    from protonet.net import Net
+
+    text = ('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 9 dim: 8 } } }\n'
+            'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 '
+            f'kernel_size: 3 stride: 2 {pad} weight_filler {{ type: "gaussian" }} }} }}\n'
+            'layer { name: "r" type: "ReLU" bottom: "c" top: "c" }')
+    net = Net(parse_prototxt(text, caffe_pb2.NetParameter()))
+    x = torch.randn(1, 3, 9, 8)
+    with torch.no_grad():
+        want = net(data=x)["c"]
+    with torch.inference_mode():
+        np.testing.assert_array_equal(net(data=x)["c"].numpy(), want.numpy())
+
+
+def test_pooling_mask_and_unpooling_in_inference_mode():
+    """The inference plan's MAX pooling computes no indices: a pooling with a mask top runs as it is."""
+    from protonet import caffe_pb2
+    from protonet.io.prototxt import parse_prototxt
+    from protonet.net import Net
+
+    text = ('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 6 } } }\n'
+            'layer { name: "p" type: "Pooling" bottom: "data" top: "p" top: "m" pooling_param { pool: MAX '
+            'kernel_size: 2 stride: 2 } }\n'
+            'layer { name: "u" type: "Upsample" bottom: "p" bottom: "m" top: "u" upsample_param { scale: 2 } }')
+    net = Net(parse_prototxt(text, caffe_pb2.NetParameter()))
+    x = torch.randn(1, 3, 8, 6)
+    with torch.no_grad():
+        want = net(data=x)
+    with torch.inference_mode():
+        got = net(data=x)
+    for blob in ("p", "m", "u"):
+        np.testing.assert_array_equal(got[blob].numpy(), want[blob].numpy())

@@ -60,7 +60,12 @@ def detection_layers(net):
 
 def describe_detection(net, name, layer):
     top = layer.param.top[0]
-    return Detection(name, top, list(layer.param.bottom), layer.settings, layer.num_priors)
+    if getattr(layer, "heads", None) is not None:
+        raise ProtonetError(f"layer {name} (DetectionOutput): Synopsys Caffe's heads one per feature map (nbottom) "
+                            "are not exported; export up to a head with --until LAYER")
+    # OpenCV's fourth bottom (the input image) is not read
+    bottoms = list(layer.param.bottom)[:3] if getattr(layer, "image_bottom", False) else list(layer.param.bottom)
+    return Detection(name, top, bottoms, layer.settings, layer.num_priors)
 
 
 def plan_export(net, until=None, detection=True):

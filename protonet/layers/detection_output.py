@@ -1,5 +1,6 @@
 """DetectionOutput (SSD fork, RefineDet's 5-bottom variant): decode, per-class NMS, keep_top_k,
 and the fork's result files (save_output_param, written by protonet.eval.writers)."""
+import dataclasses
 import logging
 import math
 import os
@@ -80,7 +81,9 @@ class DetectionOutputLayer(Layer):
         if not self.normalized and (self.clip or p.code_type == caffe_pb2.PriorBoxParameter.CORNER_SIZE):
             raise ProtonetError(f"{self.where}: normalized_bbox: false is supported with code_type CORNER or "
                                 f"CENTER_SIZE and without clip (OpenCV clips pixel boxes to a fourth image bottom)")
-        self.settings = DetectionSettings.from_param(p)
+        # the NMS settings as read above (OpenCV's early flat nms_threshold/top_k included)
+        self.settings = dataclasses.replace(DetectionSettings.from_param(p), nms_threshold=self.nms_threshold,
+                                            top_k=self.top_k, eta=self.eta)
         self._setup_saving(p.save_output_param)
         self.top_shapes = [(1, 1, 1, 7)]
 

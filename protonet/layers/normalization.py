@@ -247,3 +247,11 @@ class NormalizeLayer(Layer):
             return _CaffeNormalize.apply(x, scale, self.across_spatial, self.eps)
         # Without gradients, plain tensor operations (which tracers and exporters record).
         return _normalize(x, scale, self.across_spatial, self.eps)[0]
+
+
+@register("NormalizeBBox")
+class NormalizeBBoxLayer(NormalizeLayer):
+    """OpenCV's early name of the SSD fork's Normalize (its 2016-17 samples, with
+    normalize_bbox_param or norm_param): the same layer."""
+
+    dialect = "OpenCV"

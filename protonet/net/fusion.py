@@ -52,9 +52,10 @@ def can_fuse_relu(layer):
 
 
 def can_fuse_conv(layer):
-    """2-D convolutions with one bottom; Deconvolution and N-D convolutions run as they are."""
+    """2-D convolutions with one bottom and Caffe's symmetric pad; Deconvolution, N-D convolutions
+    and the TF converters' asymmetric pads (pad_l..., pad_type, tf_pad) run as they are."""
     return (layer.param.type == "Convolution" and not layer.transposed and layer.n == 2
-            and len(layer.bottom_shapes) == 1)
+            and len(layer.bottom_shapes) == 1 and getattr(layer, "asym_pad", None) is None)
 
 
 class FusedConvolution:
@@ -140,8 +141,9 @@ class FusedConvolution:
 
 
 def is_max_pooling(layer):
+    """MAX pooling without Caffe's mask top (SegNet's Upsample reads the argmax indices)."""
     return (layer.param.type == "Pooling" and layer.method == caffe_pb2.PoolingParameter.MAX
-            and not layer.global_pooling)
+            and not layer.global_pooling and not getattr(layer, "with_mask", False))
 
 
 _NEG_FLT_MAX = float(torch.finfo(torch.float32).min)

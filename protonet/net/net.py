@@ -23,8 +23,8 @@ from protonet.io.dialects import ignored_fields
 from protonet.io.prototxt import count_layer_blocks, read_prototxt
 from protonet.io.upgrade import upgrade_net
 from protonet.layers.base import NetContext, layer_class
-from protonet.net.field_limits import check_layer_fields
 from protonet.layers.priorbox import PRIOR_READINGS
+from protonet.net.field_limits import check_layer_fields
 from protonet.net.filtering import filter_net, parse_phase
 from protonet.net.inference import InferenceOptions, InferencePlan, check_precision
 
@@ -107,14 +107,11 @@ class Net(nn.Module):
         self.register_buffer("_device_probe", torch.zeros(()), persistent=False)
         self._plans = {}
         with sizes.active_budget(budget):
+            used = budget.used
             try:
                 self._build()
-                ssd_error = None
-            except PriorCountError as exc:
-                ssd_error = exc
-        if ssd_error is not None:  # another fork's prior tiling: rebuilt against a fresh budget
-            with sizes.active_budget(sizes.MemoryBudget(self.ctx.max_memory)):
-                self._build_with_other_priors(ssd_error)
+            except PriorCountError as ssd_error:
+                self._build_with_other_priors(ssd_error, budget, used)
         self._inference = InferenceOptions()
         self._inference_plans = {}   # outputs wanted (None: all) -> InferencePlan
         # state_dict keys name the prototxt's layers: 'conv1_1.0' is blob 0 of layer conv1_1.
@@ -220,10 +217,11 @@ class Net(nn.Module):
             self._steps[-1].overwrite = self._overwrites(self._steps[-1])
         self.output_names = sorted(available)
 
-    def _build_with_other_priors(self, ssd_error):
+    def _build_with_other_priors(self, ssd_error, budget, used):
         """Forks with their own prior tiling (FaceBoxes', TextBoxes'; PRIOR_READINGS): a net marked as
         one's whose heads do not fit the SSD fork's priors is read with that fork's priors, the
-        first that fits; `ssd_error` is raised (with what each reading gave) otherwise."""
+        first that fits; `ssd_error` is raised (with what each reading gave) otherwise. Each try
+        starts from the memory `used` before the first."""
         tried = []
         for name, fork, switch, marked in PRIOR_READINGS:
             layers = marked(self.net_param)
@@ -231,6 +229,7 @@ class Net(nn.Module):
                 continue
             base = self.ctx
             self.ctx = dataclasses.replace(base, **{switch: True})
+            budget.used = used
             try:
                 self._build()
             except PriorCountError as err:
