@@ -10,6 +10,7 @@ from protonet.errors import ProtonetError, ShapeError
 from protonet.layers.base import Layer, register
 from protonet.layers.common import canonical_axis, count
 from protonet.layers.fillers import fill
+from protonet.layers.padding import conv_tf_padding, pooling_tf_same, same_pooling_pads, tf_pads
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _DECONV_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -38,56 +39,6 @@ def _spatial(layer, values, h_value, w_value, has_hw, n, default, what):
     return values
 
 
-def tf_pads(layer, p, n_spatial=2):
-    """TF converters' (Synopsys Caffe's) asymmetric padding (top, bottom, left, right) when any of
-    pad_t/pad_b/pad_l/pad_r is non-zero (then they replace pad, as there), else None."""
-    pads = (p.pad_t, p.pad_b, p.pad_l, p.pad_r)
-    if not any(pads):
-        return None
-    if n_spatial != 2:
-        raise ProtonetError(f"layer {layer.name} ({layer.param.type}): pad_l/pad_r/pad_t/pad_b are for "
-                            f"2-D layers only")
-    return tuple(int(v) for v in pads)
-
-
-def _cdiv(a, b):
-    """C++'s integer division (truncates toward zero)."""
-    q = abs(a) // abs(b)
-    return q if (a >= 0) == (b > 0) else -q
-
-
-def synopsys_same_pads(size, kernel, stride, extent):
-    """Synopsys Caffe's pad_type 1 (TensorFlow SAME) on one axis: output ceil(size / stride), the
-    padding before half of TensorFlow's total (from the undilated kernel, rounded down), the
-    padding after what the last window needs (rows past the image read zero)."""
-    out = math.ceil(size / stride)
-    total = max(kernel - (stride if size % stride == 0 else size % stride), 0)
-    before = total // 2
-    return before, (out - 1) * stride + extent - size - before
-
-
-def chuanqi305_tf_pads(layer, size, kernel, stride, extent, pad, same):
-    """chuanqi305/ssd's tf_pad on one axis (base_conv_layer.cpp Reshape, im2col_cpu_tf): the output
-    size follows `pad` as in Caffe; SAME then recomputes the total padding (out - 1) * stride +
-    kernel - size, top = int(total / 2.0), bottom = total - top, and reads from -bottom (from 0
-    when top is 0); VALID reads from 0. Returns (before, after) for that output."""
-    out = (size + 2 * pad - extent) // stride + 1
-    if not same:
-        if pad:
-            raise ProtonetError(f"layer {layer.name} ({layer.param.type}): tf_pad VALID with pad {pad}: the "
-                                f"fork's output size and its unpadded im2col disagree")
-        return 0, (out - 1) * stride + extent - size
-    total = (out - 1) * stride + kernel - size
-    top = int(total / 2.0)
-    bottom = total - top
-    if _cdiv(size + 2 * bottom - extent, stride) + 1 != out:
-        raise ProtonetError(f"layer {layer.name} ({layer.param.type}): tf_pad SAME: the fork's im2col lays out "
-                            f"a different output size than pad {pad} gives (size {size}, kernel {kernel}, stride "
-                            f"{stride})")
-    before = 0 if top == 0 else bottom
-    return before, (out - 1) * stride + extent - size - before
-
-
 class _ConvBase(Layer):
     transposed = False
 
@@ -114,7 +65,7 @@ class _ConvBase(Layer):
         self.dilation = _spatial(self, p.dilation, 0, 0, False, n, 1, "dilation")
         self.asym_pad = tf_pads(self, p, n)
         if p.pad_type or p.HasField("tf_pad"):
-            self.asym_pad = self._tf_padding(p, shape, has_pad_hw)
+            self.asym_pad = conv_tf_padding(self, p, shape, has_pad_hw)
         if self.asym_pad is not None:
             if self.transposed:
                 raise ProtonetError(f"layer {self.name} (Deconvolution): pad_l/pad_r/pad_t/pad_b are not "
@@ -148,29 +99,6 @@ class _ConvBase(Layer):
                                f"layer {self.name} bias"))
         out = [self._out_size(i, shape) for i in range(n)]
         self.top_shapes = [(b[0], self.num_output, *out) for b in self.bottom_shapes]
-
-    def _tf_padding(self, p, shape, has_pad_hw):
-        """(top, bottom, left, right) for Synopsys' pad_type 1 or chuanqi305's tf_pad; an `after`
-        below zero crops rows no window reaches."""
-        where = f"layer {self.name} ({self.param.type})"
-        if len(shape) != 4 or self.transposed:
-            raise ProtonetError(f"{where}: pad_type and tf_pad are for 2-D convolution only")
-        if self.asym_pad is not None or (p.pad_type and p.HasField("tf_pad")):
-            raise ProtonetError(f"{where}: give one of pad_type, tf_pad and pad_l/pad_r/pad_t/pad_b")
-        extents = [d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel)]
-        pads = []
-        for i in range(2):
-            size, k, s = shape[2 + i], self.kernel[i], self.stride[i]
-            if p.pad_type:
-                if p.pad_type != 1:
-                    raise ProtonetError(f"{where}: unknown pad_type {p.pad_type} (0: Caffe's pad, 1: SAME)")
-                if len(p.pad) or has_pad_hw:
-                    raise ProtonetError(f"{where}: give either pad or pad_type, not both")
-                pads += synopsys_same_pads(size, k, s, extents[i])
-            else:
-                same = p.tf_pad == caffe_pb2.ConvolutionParameter.SAME
-                pads += chuanqi305_tf_pads(self, size, k, s, extents[i], self.pad[i], same)
-        return tuple(pads)
 
     def _out_size(self, i, shape):
         ext = self.dilation[i] * (self.kernel[i] - 1) + 1
@@ -360,9 +288,9 @@ class PoolingLayer(Layer):
             stride = (p.stride_h, p.stride_w)
         else:
             stride = (p.stride, p.stride)
-        self.tf_same = self._tf_same(p)
+        self.tf_same = pooling_tf_same(self, p)
         if self.tf_same and min(stride) > 0:
-            self.asym_pad = self._same_pads(kernel, stride, H, W)
+            self.asym_pad = same_pooling_pads(kernel, stride, H, W)
             pad = (self.asym_pad[0], self.asym_pad[2])
         if min(kernel) <= 0 or min(stride) <= 0:
             raise ProtonetError(f"layer {self.name} (Pooling): kernel and stride must be positive")
@@ -384,26 +312,6 @@ class PoolingLayer(Layer):
             if self.method != P.MAX:
                 raise ProtonetError(f"layer {self.name} (Pooling): only MAX pooling has a second (mask) top")
             self.top_shapes.append(self.top_shapes[0])
-
-    def _tf_same(self, p):
-        """Synopsys Caffe's pad_type: 1 is TensorFlow's SAME (0 Caffe's pad)."""
-        if p.pad_type not in (0, 1):
-            raise ProtonetError(f"layer {self.name} (Pooling): unknown pad_type {p.pad_type} (0: Caffe's pad, 1: SAME)")
-        if p.pad_type == 1 and (p.HasField("pad") or p.HasField("pad_h") or p.HasField("pad_w")
-                                or self.asym_pad is not None or p.global_pooling):
-            raise ProtonetError(f"layer {self.name} (Pooling): pad_type takes no pad, pad_h/pad_w, pad_l/pad_r/pad_t/"
-                                f"pad_b or global_pooling")
-        return p.pad_type == 1
-
-    @staticmethod
-    def _same_pads(kernel, stride, H, W):
-        """Synopsys' SAME pooling pads (top, bottom, left, right): TensorFlow's total, the odd pixel
-        after (an AVE window's area counts them, as there)."""
-        pads = []
-        for size, k, s in ((H, kernel[0], stride[0]), (W, kernel[1], stride[1])):
-            total = max(k - (s if size % s == 0 else size % s), 0)
-            pads += [total // 2, total - total // 2]
-        return tuple(pads)
 
     def _pad_end(self):
         return self.pad if self.asym_pad is None else (self.asym_pad[1], self.asym_pad[3])
